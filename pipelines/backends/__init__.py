@@ -1,0 +1,25 @@
+"""Image generators behind one interface: ``Backend.generate(samples) -> list[uint8 HxWx3]``."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..config import GeneratorSpec
+from ..plan import Sample
+
+
+class Backend(Protocol):
+    #: Provenance of the model, recorded with every sample.
+    info: dict[str, object]
+
+    def generate(self, samples: list[Sample]) -> list[np.ndarray]: ...
+
+
+def load_backend(spec: GeneratorSpec) -> Backend:
+    if spec.backend == "diffusion":
+        from .diffusion import DiffusionBackend
+
+        return DiffusionBackend(spec)
+    raise ValueError(f"unknown backend {spec.backend!r}")

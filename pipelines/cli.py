@@ -1,0 +1,120 @@
+"""``synthgen``: validate, expand and run job specs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import SynthgenError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+class _Log:
+    """Events as human lines, or JSON lines for cluster log collectors (``--log-format json``)."""
+
+    def __init__(self, fmt: str, quiet: bool):
+        self.fmt, self.quiet = fmt, quiet
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        if self.fmt == "json":
+            print(json.dumps({"ts": time.time(), "event": event, **fields}, default=str), file=sys.stderr)
+        elif not self.quiet and event != "unit_staged":
+            print(f"[synthgen] {event}: " + ", ".join(f"{k}={v}" for k, v in fields.items()), file=sys.stderr)
+
+
+def _fail(e: SynthgenError) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(e.exit_code)
+
+
+def _load(job: Path, out: Optional[str] = None, manifest: Optional[str] = None):
+    from .config import load_job
+
+    spec = load_job(job)
+    return spec.with_overrides(out=out, manifest=manifest) if (out or manifest) else spec
+
+
+@app.command()
+def validate(job: Path = typer.Argument(..., help="Job spec YAML.")) -> None:
+    """Check a job spec and its manifest; run nothing, write nothing."""
+    from .runner import prepare
+
+    try:
+        prep = prepare(_load(job))
+    except SynthgenError as e:
+        _fail(e)
+    typer.echo(f"ok: {job}: {prep.manifest.num_rows} prompts, {len(prep.samples)} samples, "
+               f"{len(prep.units)} work units, fingerprint {prep.fingerprint}")
+
+
+@app.command("manifest")
+def manifest_cmd(job: Path = typer.Argument(..., help="Job spec YAML."),
+                 out: str = typer.Option(..., "--out", help="Where to write the concrete manifest (Parquet).")) -> None:
+    """Write the concrete, validated manifest the job would run on."""
+    import pyarrow.parquet as pq
+
+    from . import manifest as mf
+    from .storage import url_to_fs
+
+    try:
+        spec = _load(job)
+        table = mf.resolve(spec.manifest, spec.output.storage_options)
+    except SynthgenError as e:
+        _fail(e)
+    fs, path = url_to_fs(out)
+    pq.write_table(table, path, filesystem=fs)
+    typer.echo(f"wrote {table.num_rows} rows to {out}")
+
+
+@app.command()
+def run(
+    job: Path = typer.Argument(..., help="Job spec YAML."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output dataset URL (overrides output.url)."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", help="Manifest URL (overrides manifest)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different dataset at the output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or info lines."),
+    log_format: str = typer.Option("text", "--log-format", help="text or json (structured logs for clusters)."),
+) -> None:
+    """Run a job: generate, score, stage, curate and publish a dataset."""
+    from .runner import run as run_job
+
+    log = _Log(log_format, quiet)
+    if quiet or log_format == "json":
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    try:
+        res = run_job(_load(job, out, manifest), overwrite=overwrite, quiet=quiet or log_format == "json", log=log)
+    except SynthgenError as e:
+        _fail(e)
+    summary = {"url": res.url, "fingerprint": res.fingerprint, **res.counts,
+               "units_generated": res.units_generated, "units_reused": res.units_reused,
+               "images_per_s": round(res.images_per_s, 2),
+               "stage_seconds": {k: round(v, 2) for k, v in res.stage_seconds.items()}}
+    if log_format == "json":
+        print(json.dumps({"event": "summary", **summary}))
+        return
+    if res.already_published:
+        typer.echo(f"already published (same job): {res.url}")
+    typer.echo(f"dataset: {res.url}")
+    typer.echo(f"  samples: {res.counts['planned']} planned, {res.counts['kept']} kept, "
+               f"{res.counts['rejected']} rejected; shards: {res.counts['shards']}")
+    typer.echo(f"  units: {res.units_generated} generated, {res.units_reused} reused from staging; "
+               f"throughput: {res.images_per_s:.1f} images/s")
+    for k, v in res.stage_seconds.items():
+        typer.echo(f"  {k:<34} {v:8.2f} s")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""What produced a dataset: code and library versions, model weight hashes, host, times.
+
+Credentials never enter provenance: storage options are reduced to their non-secret keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx")
+LIBRARIES = ("synthgen", "torch", "diffusers", "transformers", "open_clip_torch", "ray", "pyarrow", "numpy",
+             "pillow", "webdataset", "fsspec", "s3fs")
+_SECRET_HINTS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def weight_files(model: str) -> tuple[tuple[str, str], ...]:
+    """(relative path, sha256) of each weight file of a local model dir or file; () if not local."""
+    p = Path(model)
+    if p.is_file():
+        return ((p.name, file_sha256(p)),)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+        return tuple((str(f.relative_to(p)), file_sha256(f)) for f in files)
+    return ()
+
+
+def weights_sha256(model: str | None) -> str | None:
+    """One digest over all weight files (names and contents); None for non-local ids."""
+    if not model:
+        return None
+    files = weight_files(model)
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for name, digest in files:
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """git commit of the checkout (with '+dirty'), else the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return importlib.metadata.version("synthgen")
+
+
+def redact(options: dict[str, Any]) -> dict[str, Any]:
+    """Storage options safe to record: secret-looking keys are dropped, nested dicts too."""
+    out: dict[str, Any] = {}
+    for k, v in options.items():
+        if any(h in k.lower() for h in _SECRET_HINTS):
+            continue
+        out[k] = redact(v) if isinstance(v, dict) else v
+    return out
+
+
+def host() -> dict[str, Any]:
+    return {"hostname": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count()}

@@ -1,0 +1,160 @@
+"""The job, end to end: manifest -> plan -> [Ray: generate -> embed -> stage] -> curate -> publish.
+
+Everything before Ray validates and plans without writing; everything after reads staged units,
+so a rerun of the same job skips units already staged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from . import curate, manifest, plan
+from .config import JobSpec
+from .errors import SpecError
+from .provenance import weights_sha256
+from .publish_job import publish_dataset
+from .staging import LIGHT_COLUMNS, Staging
+from .storage import Store
+
+Log = Callable[..., None]
+
+
+def _quiet_log(event: str, **fields: Any) -> None:
+    pass
+
+
+def fingerprint(spec: JobSpec, manifest_hash: str) -> str:
+    """Covers what changes the outputs: manifest content, models and their weights, generation
+    and embedding parameters, unit layout and thread counts (float rounding depends on them)."""
+    g, c = spec.generator, spec.clip
+    payload = {
+        "manifest": manifest_hash,
+        "generator": g.model_dump(),
+        "generator_weights": weights_sha256(g.model),
+        "clip": c.model_dump(exclude={"batch_size"}),
+        "clip_weights": weights_sha256(c.pretrained),
+        "unit_size": spec.unit_size,
+        "torch_threads": spec.resources.generate.torch_threads,
+        "name": spec.name,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Prepared:
+    spec: JobSpec
+    manifest: pa.Table
+    manifest_hash: str
+    samples: list[plan.Sample]
+    units: list[plan.WorkUnit]
+    fingerprint: str
+
+
+def prepare(spec: JobSpec) -> Prepared:
+    """Validate and plan; writes nothing (bad input fails here, before any output exists)."""
+    table = manifest.resolve(spec.manifest, spec.output.storage_options)
+    mhash = manifest.content_hash(table)
+    samples = plan.expand(table, spec.generator)
+    return Prepared(spec, table, mhash, samples, plan.units(samples, spec.unit_size), fingerprint(spec, mhash))
+
+
+@dataclass
+class RunResult:
+    url: str
+    fingerprint: str
+    counts: dict[str, int]
+    stage_seconds: dict[str, float]
+    images_per_s: float
+    units_generated: int
+    units_reused: int
+    already_published: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log = _quiet_log) -> RunResult:
+    t_start = time.time()
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    prep = prepare(spec)
+    times["plan"] = time.perf_counter() - t
+    log("planned", samples=len(prep.samples), units=len(prep.units), fingerprint=prep.fingerprint)
+
+    store = Store(spec.output.url, spec.output.storage_options)
+    from .publish import INDEX, read_index
+
+    index = read_index(store)
+    if index is not None:
+        if index["job"].get("fingerprint") == prep.fingerprint and not overwrite:
+            log("already_published", url=spec.output.url)
+            return RunResult(spec.output.url, prep.fingerprint, index["counts"], times, 0.0, 0, len(prep.units),
+                             already_published=True)
+        if not overwrite:
+            raise SpecError(
+                f"{spec.output.url}: holds a dataset of a different job (fingerprint "
+                f"{index['job'].get('fingerprint')}, this job {prep.fingerprint}); pass --overwrite to replace it"
+            )
+        store.fs.rm(store.path(INDEX))  # the old dataset is absent from here on
+
+    staging = Staging(store, prep.fingerprint)
+    staging.store.write_bytes(f"{staging.prefix}/manifest.parquet", _parquet(prep.manifest))
+    staged = staging.staged_ids()
+    pending = [u for u in prep.units if u.unit_id not in staged]
+    log("resume", staged=len(prep.units) - len(pending), pending=len(pending))
+
+    t = time.perf_counter()
+    busy: dict[str, float] = {"generate": 0.0, "embed": 0.0}
+    if pending:
+        from .ray_plan import run_units
+
+        for res in run_units(spec, pending, staging, quiet=quiet):
+            busy["generate"] += res["gen_ms"] / 1000
+            busy["embed"] += res["clip_ms"] / 1000
+            log("unit_staged", unit=res["unit_id"], samples=res["n"])
+    times["generate+embed+stage (wall)"] = time.perf_counter() - t
+    n_generated = sum(len(u.samples) for u in pending)
+    ips = n_generated / times["generate+embed+stage (wall)"] if pending else 0.0
+
+    t = time.perf_counter()
+    light = pa.concat_tables([staging.read_unit(u.unit_id, LIGHT_COLUMNS) for u in prep.units])
+    decisions = curate.decide(light)
+    times["curate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    counts = publish_dataset(store, prep, staging, decisions, stage_seconds={**times, **{
+        f"{k} (actor busy)": v for k, v in busy.items()}}, started=t_start, quiet=quiet)
+    times["publish"] = time.perf_counter() - t
+    if not spec.output.keep_staging:
+        staging.clear()
+    log("published", url=spec.output.url, **counts)
+    return RunResult(spec.output.url, prep.fingerprint, counts, {**times, **{f"{k} (actor busy)": v for k, v in
+                     busy.items()}}, ips, len(pending), len(prep.units) - len(pending))
+
+
+def _parquet(table: pa.Table) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
+    """Join ``RAY_ADDRESS`` if set (a cluster), else start a local cluster (one machine)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=not quiet)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet)
