@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 import pyarrow as pa
@@ -15,6 +17,7 @@ from .staging import GEN_SCHEMA, with_meta
 def generate_unit(backend: Backend, samples: list[Sample], batch_size: int) -> pa.Table:
     """Rows in the unit's sample order, whatever the batching; generator info in schema metadata."""
     rows: dict[str, dict] = {}
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     for batch in batches(samples, batch_size):
         t0 = time.perf_counter()
         images = backend.generate(batch)
@@ -23,11 +26,12 @@ def generate_unit(backend: Backend, samples: list[Sample], batch_size: int) -> p
             text = {"prompt": s.prompt, "seed": str(s.seed), "model": str(backend.info["model"]),
                     "sample_id": s.sample_id}
             rows[s.sample_id] = {
-                **{k: v for k, v in s.to_dict().items()},
+                **s.to_dict(),
                 "attributes": sorted(s.attributes.items()),
                 "png": encode_png(img, text),
                 "pixel_sha256": pixel_sha256(img),
                 "gen_ms": ms,
+                "gen_worker": worker,
             }
     table = pa.Table.from_pylist([rows[s.sample_id] for s in samples], schema=GEN_SCHEMA)
     return with_meta(table, "synthgen.generator", backend.info)

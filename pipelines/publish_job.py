@@ -37,7 +37,7 @@ def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions:
         gen_info, clip_info = meta(table, "synthgen.generator"), meta(table, "synthgen.clip")
         for row in table.to_pylist():
             timings.append({"sample_id": row["sample_id"], "unit_id": unit.unit_id, "gen_ms": row["gen_ms"],
-                            "clip_ms": row["clip_ms"]})
+                            "clip_ms": row["clip_ms"], "gen_worker": row["gen_worker"]})
             d = by_id[row["sample_id"]]
             if not d["kept"]:
                 continue

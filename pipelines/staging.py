@@ -32,6 +32,7 @@ GEN_SCHEMA = pa.schema(
         ("png", pa.binary()),
         ("pixel_sha256", pa.string()),
         ("gen_ms", pa.float64()),
+        ("gen_worker", pa.string()),
     ]
 )
 EMBED_FIELDS = [
@@ -92,3 +93,5 @@ class Staging:
 
     def clear(self) -> None:
         self.store.delete_prefix(self.prefix)
+        if not self.store.list("_staging"):
+            self.store.delete_prefix("_staging")

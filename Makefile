@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test` set everything up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test bench toy-models tiny-models clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+tiny-models: install
+	$(BIN)/python -m pipelines.tinymodels .cache/tiny
+
+demo: install tiny-models
+	$(BIN)/synthgen run jobs/demo.yaml
+
+test: install tiny-models
+	$(BIN)/python -m pytest -q tests
+
+bench: install tiny-models
+	$(BIN)/python -m benchmarks.run
+
+toy-models: install
+	$(BIN)/python -m pipelines.toyworld.train all
+
+clean:
+	rm -rf out .cache

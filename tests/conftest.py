@@ -1,0 +1,61 @@
+"""Shared fixtures: offline env, the tiny models (built once), one Ray cluster per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    from pipelines.tinymodels import build_all
+
+    return build_all(ROOT / ".cache" / "tiny")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local 2-CPU cluster for the whole session, as on the CI machine."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def job_dict(models: Path, out: str, **over: Any) -> dict[str, Any]:
+    """A small job on the tiny models; ``over`` replaces top-level sections (merged one level)."""
+    spec: dict[str, Any] = {
+        "name": "t",
+        "manifest": {"template": {"template": "a {colour} {shape}",
+                                  "slots": {"colour": ["red", "blue"], "shape": ["circle", "square"]},
+                                  "seeds": [7], "num_images": 6}},
+        "generator": {"model": str(models / "diffusion"), "steps": 4, "guidance_scale": 3.0,
+                      "height": 32, "width": 32, "batch_size": 4},
+        "clip": {"model": "tiny-clip", "pretrained": str(models / "clip" / "tiny-clip.safetensors"),
+                 "model_config_file": str(models / "clip" / "tiny-clip.json"),
+                 "tokenizer": str(models / "clip" / "tokenizer")},
+        "unit_size": 8,
+        "resources": {"generate": {"size": 2, "num_cpus": 0.5, "torch_threads": 1},
+                      "embed": {"size": 1, "num_cpus": 0.25, "torch_threads": 1}},
+        "output": {"url": out, "shard_max_samples": 10},
+    }
+    for k, v in over.items():
+        merge = isinstance(v, dict) and isinstance(spec.get(k), dict) and k != "manifest"
+        spec[k] = {**spec[k], **v} if merge else v
+    return spec
+
+
+def write_job(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
