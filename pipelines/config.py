@@ -100,6 +100,14 @@ class OutputSpec(Strict):
     keep_staging: bool = False
 
 
+class ScreenSpec(Strict):
+    """Prompt screen (DESIGN step 3): rules applied to prompt text before any GPU time."""
+
+
+class CurationSpec(Strict):
+    """Curation (DESIGN step 7): dedup, safety, thresholds, rebalancing. Changing it reuses staged units."""
+
+
 class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -108,6 +116,8 @@ class JobSpec(Strict):
     clip: ClipSpec
     unit_size: int = Field(default=256, ge=1, description="Samples per work unit (the unit of resumption).")
     resources: ResourcesSpec = ResourcesSpec()
+    screen: ScreenSpec = ScreenSpec()
+    curation: CurationSpec = CurationSpec()
     output: OutputSpec
 
     def with_overrides(self, *, out: str | None = None, manifest: str | None = None) -> "JobSpec":

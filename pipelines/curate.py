@@ -6,7 +6,12 @@ rebalancing add rows of reasons here, and publish honours ``kept``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from .config import JobSpec
 
 DECISIONS_SCHEMA = pa.schema(
     [
@@ -19,10 +24,11 @@ DECISIONS_SCHEMA = pa.schema(
 )
 
 
-def decide(light: pa.Table) -> pa.Table:
-    """Decisions table in sample order (``light`` has LIGHT_COLUMNS of every sample)."""
+def decide(light: pa.Table, spec: "JobSpec", screened: list[dict[str, Any]]) -> pa.Table:
+    """Decisions table: generated samples in sample order (``light`` has LIGHT_COLUMNS of each),
+    then the prompt-screened ones (never generated, so no scores)."""
     n = light.num_rows
-    return pa.table(
+    generated = pa.table(
         {
             "sample_id": light.column("sample_id"),
             "prompt_id": light.column("prompt_id"),
@@ -32,3 +38,6 @@ def decide(light: pa.Table) -> pa.Table:
         },
         schema=DECISIONS_SCHEMA,
     )
+    rows = [{"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "kept": False, "reasons": r["reasons"],
+             "clip_score": None} for r in screened]
+    return pa.concat_tables([generated, pa.Table.from_pylist(rows, schema=DECISIONS_SCHEMA)])

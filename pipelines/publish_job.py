@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions: pa.Table,
                     stage_seconds: dict[str, float], started: float, quiet: bool = False) -> dict[str, int]:
     spec = prep.spec
-    job = {"name": spec.name, "fingerprint": prep.fingerprint}
+    job = {"name": spec.name, "fingerprint": prep.dataset_fingerprint}
     # No index exists at this point, so whatever is under shards/ is not a dataset: start clean.
     store.delete_prefix("shards")
     store.delete_prefix("embeddings")

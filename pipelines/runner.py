@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import curate, manifest, plan
+from . import curate, manifest, plan, screen
 from .config import JobSpec
 from .errors import SpecError
 from .provenance import weights_sha256
@@ -32,8 +32,9 @@ def _quiet_log(event: str, **fields: Any) -> None:
 
 
 def fingerprint(spec: JobSpec, manifest_hash: str) -> str:
-    """Covers what changes the outputs: manifest content, models and their weights, generation
-    and embedding parameters, unit layout and thread counts (float rounding depends on them)."""
+    """Keys the staged units: covers what changes them (manifest content, prompt screen, models
+    and their weights, generation and embedding parameters, unit layout, thread counts: float
+    rounding depends on them). Curation settings are not in it: retuning reuses staged units."""
     g, c = spec.generator, spec.clip
     payload = {
         "manifest": manifest_hash,
@@ -43,6 +44,7 @@ def fingerprint(spec: JobSpec, manifest_hash: str) -> str:
         "clip_weights": weights_sha256(c.pretrained),
         "unit_size": spec.unit_size,
         "torch_threads": spec.resources.generate.torch_threads,
+        "screen": spec.screen.model_dump(),
         "name": spec.name,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -53,9 +55,16 @@ class Prepared:
     spec: JobSpec
     manifest: pa.Table
     manifest_hash: str
-    samples: list[plan.Sample]
-    units: list[plan.WorkUnit]
-    fingerprint: str
+    samples: list[plan.Sample]  # every planned sample, screened or not
+    screened: list[dict[str, Any]]  # rows the prompt screen stopped: {sample_id, prompt_id, reasons}
+    units: list[plan.WorkUnit]  # the samples to generate
+    fingerprint: str  # of the staged units
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """Of the published dataset: the units plus the curation that selected from them."""
+        cur = json.dumps(self.spec.curation.model_dump(), sort_keys=True)
+        return hashlib.sha256(f"{self.fingerprint}|{cur}".encode()).hexdigest()[:16]
 
 
 def prepare(spec: JobSpec) -> Prepared:
@@ -63,7 +72,9 @@ def prepare(spec: JobSpec) -> Prepared:
     table = manifest.resolve(spec.manifest, spec.output.storage_options)
     mhash = manifest.content_hash(table)
     samples = plan.expand(table, spec.generator)
-    return Prepared(spec, table, mhash, samples, plan.units(samples, spec.unit_size), fingerprint(spec, mhash))
+    to_generate, screened = screen.screen(samples, spec.screen)
+    return Prepared(spec, table, mhash, samples, screened, plan.units(to_generate, spec.unit_size),
+                    fingerprint(spec, mhash))
 
 
 @dataclass
@@ -92,14 +103,14 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
 
     index = read_index(store)
     if index is not None:
-        if index["job"].get("fingerprint") == prep.fingerprint and not overwrite:
+        if index["job"].get("fingerprint") == prep.dataset_fingerprint and not overwrite:
             log("already_published", url=spec.output.url)
-            return RunResult(spec.output.url, prep.fingerprint, index["counts"], times, 0.0, 0, len(prep.units),
+            return RunResult(spec.output.url, prep.dataset_fingerprint, index["counts"], times, 0.0, 0, len(prep.units),
                              already_published=True)
         if not overwrite:
             raise SpecError(
                 f"{spec.output.url}: holds a dataset of a different job (fingerprint "
-                f"{index['job'].get('fingerprint')}, this job {prep.fingerprint}); pass --overwrite to replace it"
+                f"{index['job'].get('fingerprint')}, this job {prep.dataset_fingerprint}); pass --overwrite to replace it"
             )
         store.fs.rm(store.path(INDEX))  # the old dataset is absent from here on
 
@@ -107,6 +118,8 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
     staging.store.write_bytes(f"{staging.prefix}/manifest.parquet", _parquet(prep.manifest))
     staged = staging.staged_ids()
     pending = [u for u in prep.units if u.unit_id not in staged]
+    if prep.screened:
+        log("screened", samples=len(prep.screened))
     log("resume", staged=len(prep.units) - len(pending), pending=len(pending))
 
     t = time.perf_counter()
@@ -123,8 +136,9 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
     ips = n_generated / times["generate+embed+stage (wall)"] if pending else 0.0
 
     t = time.perf_counter()
-    light = pa.concat_tables([staging.read_unit(u.unit_id, LIGHT_COLUMNS) for u in prep.units])
-    decisions = curate.decide(light)
+    light = pa.concat_tables([staging.read_unit(u.unit_id, LIGHT_COLUMNS) for u in prep.units]) if prep.units \
+        else pa.table({c: [] for c in LIGHT_COLUMNS})
+    decisions = curate.decide(light, spec, prep.screened)
     times["curate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -134,7 +148,7 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
     if not spec.output.keep_staging:
         staging.clear()
     log("published", url=spec.output.url, **counts)
-    return RunResult(spec.output.url, prep.fingerprint, counts, {**times, **{f"{k} (actor busy)": v for k, v in
+    return RunResult(spec.output.url, prep.dataset_fingerprint, counts, {**times, **{f"{k} (actor busy)": v for k, v in
                      busy.items()}}, ips, len(pending), len(prep.units) - len(pending))
 
 
