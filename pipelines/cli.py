@@ -112,6 +112,23 @@ def run(
         typer.echo(f"  {k:<34} {v:8.2f} s")
 
 
+@app.command()
+def verify(
+    url: str = typer.Argument(..., help="Dataset URL (local path, s3://bucket/prefix, ...)."),
+    storage_options: str = typer.Option("{}", "--storage-options", help="fsspec options as JSON "
+                                        "(credentials come from the environment)."),
+) -> None:
+    """Check every shard and file of a published dataset against its index (exit 1 on problems)."""
+    from .verify import verify as verify_dataset
+
+    problems, index = verify_dataset(url, json.loads(storage_options))
+    for p in problems:
+        typer.echo(f"problem: {p}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {url}: {index['counts']['kept']} samples in {len(index['shards'])} shards, all hashes match")
+
+
 def main() -> None:
     app()
 

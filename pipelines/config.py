@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .storage import Store
 
 
 class Strict(BaseModel):
@@ -44,6 +47,7 @@ class ManifestSpec(Strict):
 
     path: str | None = None
     template: TemplateSpec | None = None
+    storage_options: dict[str, Any] | None = Field(default=None, description="For path; default: output's.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ManifestSpec":
@@ -98,6 +102,14 @@ class OutputSpec(Strict):
     shard_max_samples: int = Field(default=1000, ge=1)
     shard_max_bytes: int = Field(default=256 * 2**20, ge=1024)
     keep_staging: bool = False
+    retries: int = Field(default=6, ge=1, description="Attempts per storage operation (backoff with jitter).")
+    retry_base_delay_s: float = Field(default=0.2, ge=0.0)
+    lease_stale_after_s: float = Field(default=60.0, gt=0, description="A lease without heartbeat this long is taken over.")
+
+    def store(self) -> "Store":
+        from .storage import Store
+
+        return Store(self.url, self.storage_options, retries=self.retries, retry_base_delay=self.retry_base_delay_s)
 
 
 class ScreenSpec(Strict):

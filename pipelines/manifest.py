@@ -185,7 +185,7 @@ def resolve(spec: ManifestSpec, storage_options: dict[str, Any] | None = None) -
     if spec.template is not None:
         return expand_template(spec.template)
     assert spec.path is not None
-    return read_manifest(spec.path, storage_options)
+    return read_manifest(spec.path, spec.storage_options if spec.storage_options is not None else storage_options)
 
 
 def content_hash(table: pa.Table) -> str:

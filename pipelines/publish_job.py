@@ -57,6 +57,8 @@ def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions:
     }
     job_spec = spec.model_dump()
     job_spec["output"]["storage_options"] = provenance.redact(spec.output.storage_options)
+    if job_spec["manifest"].get("storage_options"):
+        job_spec["manifest"]["storage_options"] = provenance.redact(job_spec["manifest"]["storage_options"])
     files["provenance.json"] = write_json(store, "provenance.json", {
         "job": job, "job_spec": job_spec, "code_version": provenance.code_version(),
         "manifest": {"sha256_content": prep.manifest_hash, "source": spec.manifest.path or "template",

@@ -17,7 +17,6 @@ import numpy as np
 from .config import ClipSpec, GeneratorSpec, JobSpec, OutputSpec
 from .plan import Sample, WorkUnit
 from .staging import Staging, from_ipc, to_ipc
-from .storage import Store
 
 
 class GenerateActor:
@@ -59,7 +58,7 @@ class EmbedActor:
 def stage_units(batch: dict[str, np.ndarray], output: dict[str, Any], prefix_fp: str) -> dict[str, np.ndarray]:
     """Write each finished unit whole to staging; return only small stats to the driver."""
     out = OutputSpec.model_validate(output)
-    staging = Staging(Store(out.url, out.storage_options), prefix_fp)
+    staging = Staging(out.store(), prefix_fp)
     stats: dict[str, list[Any]] = {"unit_id": [], "n": [], "gen_ms": [], "clip_ms": [], "bytes": []}
     for uid, payload in zip(batch["unit_id"], batch["payload"]):
         table = from_ipc(payload)

@@ -19,6 +19,7 @@ import pyarrow as pa
 from . import curate, manifest, plan, screen
 from .config import JobSpec
 from .errors import SpecError
+from .lease import Lease
 from .provenance import weights_sha256
 from .publish_job import publish_dataset
 from .staging import LIGHT_COLUMNS, Staging
@@ -98,7 +99,16 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
     times["plan"] = time.perf_counter() - t
     log("planned", samples=len(prep.samples), units=len(prep.units), fingerprint=prep.fingerprint)
 
-    store = Store(spec.output.url, spec.output.storage_options)
+    store = spec.output.store()
+    with Lease(store, stale_after_s=spec.output.lease_stale_after_s, heartbeat_s=spec.output.lease_stale_after_s / 6):
+        result = _run_leased(spec, prep, store, times, t_start, overwrite, quiet, log)
+    if not store.list("_staging"):
+        store.delete_prefix("_staging")
+    return result
+
+
+def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, float], t_start: float,
+                overwrite: bool, quiet: bool, log: Log) -> RunResult:
     from .publish import INDEX, read_index
 
     index = read_index(store)
@@ -112,7 +122,7 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
                 f"{spec.output.url}: holds a dataset of a different job (fingerprint "
                 f"{index['job'].get('fingerprint')}, this job {prep.dataset_fingerprint}); pass --overwrite to replace it"
             )
-        store.fs.rm(store.path(INDEX))  # the old dataset is absent from here on
+        store.delete(INDEX)  # the old dataset is absent from here on
 
     staging = Staging(store, prep.fingerprint)
     staging.store.write_bytes(f"{staging.prefix}/manifest.parquet", _parquet(prep.manifest))

@@ -88,10 +88,7 @@ class Staging:
         return {k.rsplit("/", 1)[1].removesuffix(".parquet") for k in keys if k.endswith(".parquet")}
 
     def read_unit(self, unit_id: str, columns: list[str] | None = None) -> pa.Table:
-        with self.store.fs.open(self.store.path(self.unit_key(unit_id)), "rb") as f:
-            return pq.read_table(f, columns=columns)
+        return pq.read_table(io.BytesIO(self.store.read_bytes(self.unit_key(unit_id))), columns=columns)
 
     def clear(self) -> None:
         self.store.delete_prefix(self.prefix)
-        if not self.store.list("_staging"):
-            self.store.delete_prefix("_staging")

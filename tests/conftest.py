@@ -9,6 +9,10 @@ from typing import Any
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Set before the session's Ray cluster starts, so its workers inherit them (S3 tests use moto).
+os.environ["AWS_ACCESS_KEY_ID"] = "testing-key-id"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing-secret-from-env"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
 import pytest
 import yaml
@@ -31,6 +35,17 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on a free loopback port for the session."""
+    from .s3env import start_moto
+
+    proc, url = start_moto()
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 def job_dict(models: Path, out: str, **over: Any) -> dict[str, Any]:
