@@ -91,15 +91,20 @@ def run(
         logging.getLogger("ray").setLevel(logging.WARNING)
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     try:
-        res = run_job(_load(job, out, manifest), overwrite=overwrite, quiet=quiet or log_format == "json", log=log)
+        spec = _load(job, out, manifest)
+        res = run_job(spec, overwrite=overwrite, quiet=quiet or log_format == "json", log=log)
     except SynthgenError as e:
         _fail(e)
     summary = {"url": res.url, "fingerprint": res.fingerprint, **res.counts,
                "units_generated": res.units_generated, "units_reused": res.units_reused,
                "images_per_s": round(res.images_per_s, 2),
                "stage_seconds": {k: round(v, 2) for k, v in res.stage_seconds.items()}}
+    spec_tol = spec.max_failed_fraction
+    too_many_failed = res.failed > spec_tol * max(res.counts["planned"], 1)
     if log_format == "json":
-        print(json.dumps({"event": "summary", **summary}))
+        print(json.dumps({"event": "summary", "failed": res.failed, **summary}))
+        if too_many_failed:
+            raise typer.Exit(4)
         return
     if res.already_published:
         typer.echo(f"already published (same job): {res.url}")
@@ -110,6 +115,11 @@ def run(
                f"throughput: {res.images_per_s:.1f} images/s")
     for k, v in res.stage_seconds.items():
         typer.echo(f"  {k:<34} {v:8.2f} s")
+    if res.failed:
+        typer.echo(f"  failed samples: {res.failed} (see decisions.parquet, reason generation_failed)", err=True)
+    if too_many_failed:
+        typer.echo(f"error: {res.failed} samples failed, above max_failed_fraction={spec_tol}", err=True)
+        raise typer.Exit(4)
 
 
 @app.command()
@@ -127,6 +137,29 @@ def verify(
     if problems:
         raise typer.Exit(1)
     typer.echo(f"ok: {url}: {index['counts']['kept']} samples in {len(index['shards'])} shards, all hashes match")
+
+
+@app.command()
+def report(
+    dataset_url: str = typer.Argument(..., help="Published dataset URL (local path, s3://bucket/prefix, ...)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference set: a published dataset, "
+                                            "Parquet with image_emb (+png), or a folder of images."),
+    out: str = typer.Option("report.html", "--out", help="HTML file to write (any fsspec URL); the JSON "
+                            "goes beside it with the same name and .json."),
+    storage_options: str = typer.Option("{}", "--storage-options", help="fsspec options as JSON."),
+) -> None:
+    """Rebuild the audit report (self-contained HTML + report.json) of a published dataset."""
+    from .report import ReportError, write_report
+
+    try:
+        html, js, rep = write_report(dataset_url, out, reference, json.loads(storage_options))
+    except ReportError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    ref = rep["reference"]
+    typer.echo(f"wrote {html} and {js}: {rep['summary']['published_samples']} samples, {rep['groups']['count']} "
+               f"groups" + (f", reference {ref['n_reference']} (CMMD {ref['cmmd']['value']})" if ref.get("cmmd") else
+                            f"; reference: {ref.get('note', 'none')}"))
 
 
 def main() -> None:

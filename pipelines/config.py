@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 
@@ -65,9 +65,12 @@ class GeneratorSpec(Strict):
     height: int = Field(default=64, ge=8, le=4096)
     width: int = Field(default=64, ge=8, le=4096)
     scheduler: str | None = Field(default=None, description="diffusers scheduler class name to swap in.")
+    strength: float = Field(default=0.6, gt=0.0, le=1.0, description="img2img / inpainting strength.")
     batch_size: int = Field(default=8, ge=1)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    allow_pickle: bool = Field(default=False, description="Allow non-safetensors (pickle) weights. Off: unsafe.")
+    trust_remote_code: bool = Field(default=False, description="Allow custom pipeline code from the model repo.")
 
 
 class ClipSpec(Strict):
@@ -106,6 +109,21 @@ class OutputSpec(Strict):
     retry_base_delay_s: float = Field(default=0.2, ge=0.0)
     lease_stale_after_s: float = Field(default=60.0, gt=0, description="A lease without heartbeat this long is taken over.")
 
+    @field_validator("url")
+    @classmethod
+    def _safe_url(cls, v: str) -> str:
+        import fsspec
+
+        protocol = v.split("://", 1)[0] if "://" in v else "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ValueError, ImportError) as e:
+            raise ValueError(f"unknown or unavailable storage scheme '{protocol}': {e}") from None
+        path = v.split("://", 1)[-1]
+        if any(part == ".." for part in path.split("/")) or any(ord(c) < 32 for c in v):
+            raise ValueError("must not contain '..' components or control characters")
+        return v
+
     def store(self) -> "Store":
         from .storage import Store
 
@@ -113,11 +131,142 @@ class OutputSpec(Strict):
 
 
 class ScreenSpec(Strict):
-    """Prompt screen (DESIGN step 3): rules applied to prompt text before any GPU time."""
+    """Prompt screen (DESIGN step 3): rules applied to prompt text before any GPU time.
+
+    Text and rules are compared after NFKC normalisation, case folding, removal of invisible format
+    characters (zero-width joiners, ...) and diacritics, and whitespace collapsing (``pipelines.screen``)."""
+
+    enabled: bool = True
+    default_rules: bool = Field(default=True, description="Also apply the bundled rules (pipelines.screen.DEFAULT_RULES).")
+    rule_files: list[str] = Field(default_factory=list, description="Files of rules: one term per line, "
+                                  "'re:' prefix for a regex, '#' comments.")
+    terms: list[str] = Field(default_factory=list, description="Blocked terms (whole words/phrases).")
+    regexes: list[str] = Field(default_factory=list, description="Blocked patterns, matched on normalised text.")
+    fields: list[Literal["prompt", "negative_prompt"]] = ["prompt"]
+
+    @model_validator(mode="after")
+    def _regexes_compile(self) -> "ScreenSpec":
+        import re
+
+        for r in self.regexes:
+            try:
+                re.compile(r)
+            except re.error as e:
+                raise ValueError(f"regex {r!r} does not compile: {e}") from None
+        return self
+
+
+class PerceptualDedupSpec(Strict):
+    enabled: bool = False
+    max_distance: int = Field(default=4, ge=0, le=24, description="pHash Hamming distance counted as duplicate.")
+
+
+class SemanticDedupSpec(Strict):
+    enabled: bool = False
+    eps: float = Field(default=0.05, gt=0.0, lt=2.0, description="Duplicates when image cosine >= 1 - eps.")
+    cluster_size: int = Field(default=1000, ge=2, description="Mean k-means cluster size (n / k).")
+    seed: int = 0
+
+
+class DedupSpec(Strict):
+    exact: bool = Field(default=True, description="Equal decoded-pixel hash.")
+    perceptual: PerceptualDedupSpec = PerceptualDedupSpec()
+    semantic: SemanticDedupSpec = SemanticDedupSpec()
+    keep: Literal["first", "best_clip"] = Field(default="first", description="Which sample of a duplicate set "
+                                                "survives: first by sample id, or best CLIP score.")
+
+
+class PriorDatasetSpec(Strict):
+    """An earlier published dataset (its index, decisions and embeddings): new samples that duplicate
+    its kept samples are dropped, by the same exact/perceptual/semantic tests as within the run."""
+
+    url: str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReferenceSetSpec(Strict):
+    """A protected set the output must not resemble: a folder of images, or precomputed embeddings
+    (Parquet with an ``image_emb``/``embedding`` column, or ``.npy``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    threshold: float = Field(default=0.95, ge=-1.0, le=1.0, description="Top-1 cosine at or above it: flagged.")
+    action: Literal["filter", "report"] = "filter"
+
+
+class SafetyConceptSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    prompts: list[str] = Field(min_length=1)
+    threshold: float = Field(description="Flag at or above: a cosine, or a probability when 'negatives' is set.")
+    negatives: list[str] = Field(default_factory=list, description="Contrast prompts: the score becomes the "
+                                 "softmax probability of the concept against them.")
+
+
+class SafetyClassifierSpec(Strict):
+    path: str = Field(description="safetensors linear head on image embeddings: 'weight' (C, D), 'bias' (C,), "
+                      "metadata 'names' (JSON list).")
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class SafetySpec(Strict):
+    mode: Literal["off", "report", "filter"] = "off"
+    concepts: list[SafetyConceptSpec] = Field(default_factory=list)
+    classifier: SafetyClassifierSpec | None = None
+    logit_scale: float | None = Field(default=None, gt=0.0, description="Softmax scale for 'negatives'; "
+                                      "default: the CLIP model's own.")
+
+
+class BiasSpec(Strict):
+    attributes: dict[str, dict[str, str | list[str]]] = Field(
+        default_factory=dict, description="attribute -> value -> prompt(s) for zero-shot perceived attributes.")
+    group_by: list[str] | None = Field(default=None, description="Manifest attribute keys that define prompt "
+                                       "groups (default: every key a sample has; [] = one group).")
+    logit_scale: float | None = Field(default=None, gt=0.0, description="Default: the CLIP model's own.")
+    bootstrap: int = Field(default=1000, ge=20, le=100000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _two_values(self) -> "BiasSpec":
+        for a, vocab in self.attributes.items():
+            if len(vocab) < 2:
+                raise ValueError(f"bias attribute '{a}' needs at least two values")
+        return self
+
+
+class RebalanceSpec(Strict):
+    attribute: str = Field(description="A key of curation.bias.attributes (perceived, per sample).")
+    target: Literal["uniform"] | dict[str, float] = "uniform"
+    prefer: Literal["best_clip", "first"] = "best_clip"
 
 
 class CurationSpec(Strict):
     """Curation (DESIGN step 7): dedup, safety, thresholds, rebalancing. Changing it reuses staged units."""
+
+    dedup: DedupSpec = DedupSpec()
+    prior_datasets: list[PriorDatasetSpec] = Field(default_factory=list)
+    references: list[ReferenceSetSpec] = Field(default_factory=list)
+    safety: SafetySpec = SafetySpec()
+    min_clip_score: float | None = Field(default=None, description="Drop samples whose CLIPScore is below.")
+    bias: BiasSpec = BiasSpec()
+    rebalance: RebalanceSpec | None = None
+
+    @model_validator(mode="after")
+    def _rebalance_vocabulary(self) -> "CurationSpec":
+        rb = self.rebalance
+        if rb is not None:
+            vocab = self.bias.attributes.get(rb.attribute)
+            if vocab is None:
+                raise ValueError(f"rebalance.attribute '{rb.attribute}' is not in bias.attributes")
+            if isinstance(rb.target, dict):
+                extra = set(rb.target) - set(vocab)
+                if extra or any(v < 0 for v in rb.target.values()) or sum(rb.target.values()) <= 0:
+                    raise ValueError(f"rebalance.target must weight values of '{rb.attribute}' "
+                                     f"({sorted(vocab)}) with non-negative weights, not all zero")
+        if self.safety.mode != "off" and not (self.safety.concepts or self.safety.classifier):
+            raise ValueError("safety.mode is on but no concepts or classifier are configured")
+        return self
 
 
 class JobSpec(Strict):
@@ -127,6 +276,8 @@ class JobSpec(Strict):
     generator: GeneratorSpec
     clip: ClipSpec
     unit_size: int = Field(default=256, ge=1, description="Samples per work unit (the unit of resumption).")
+    max_failed_fraction: float = Field(default=0.0, ge=0.0, le=1.0,
+                                       description="Failed samples tolerated before the run exits non-zero.")
     resources: ResourcesSpec = ResourcesSpec()
     screen: ScreenSpec = ScreenSpec()
     curation: CurationSpec = CurationSpec()
@@ -161,7 +312,25 @@ def _resolve_relative(spec: dict[str, Any], base: Path) -> dict[str, Any]:
             for k in keys:
                 if isinstance(sec.get(k), str):
                     sec[k] = fix(sec[k])
+    _resolve_curation_paths(spec, fix)
     return spec
+
+
+def _resolve_curation_paths(spec: dict[str, Any], fix: Any) -> None:
+    """Rule files, reference sets, prior datasets and the safety head, relative to the spec file."""
+    scr = spec.get("screen")
+    if isinstance(scr, dict) and isinstance(scr.get("rule_files"), list):
+        scr["rule_files"] = [fix(v) if isinstance(v, str) else v for v in scr["rule_files"]]
+    cur = spec.get("curation")
+    if not isinstance(cur, dict):
+        return
+    for key in ("references", "prior_datasets"):
+        for item in cur.get(key) or []:
+            if isinstance(item, dict) and isinstance(item.get("url"), str):
+                item["url"] = fix(item["url"])
+    clf = (cur.get("safety") or {}).get("classifier") if isinstance(cur.get("safety"), dict) else None
+    if isinstance(clf, dict) and isinstance(clf.get("path"), str):
+        clf["path"] = fix(clf["path"])
 
 
 def load_job(path: str | Path) -> JobSpec:
@@ -171,7 +340,7 @@ def load_job(path: str | Path) -> JobSpec:
         raw = yaml.safe_load(p.read_text())
     except FileNotFoundError:
         raise SpecError(f"{p}: job spec not found") from None
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise SpecError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{p}: a job spec must be a mapping at the top level")

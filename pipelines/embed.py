@@ -73,15 +73,24 @@ def embed_unit(embedder: ClipEmbedder, table: pa.Table) -> pa.Table:
     from .staging import EMBED_FIELDS, with_meta
 
     t0 = time.perf_counter()
-    images = [Image.open(io.BytesIO(b)) for b in table.column("png").to_pylist()]
-    img = embedder.image_embeddings(images)
-    txt = embedder.text_embeddings(table.column("prompt").to_pylist())
-    ms = (time.perf_counter() - t0) * 1000 / max(len(images), 1)
+    pngs = table.column("png").to_pylist()
+    ok = [i for i, b in enumerate(pngs) if b is not None]  # failed samples have no image
+    prompts = table.column("prompt").to_pylist()
+    img = embedder.image_embeddings([Image.open(io.BytesIO(pngs[i])) for i in ok])
+    txt = embedder.text_embeddings([prompts[i] for i in ok])
+    score = clip_score(img, txt) if ok else np.zeros(0, np.float32)
+    ms = (time.perf_counter() - t0) * 1000 / max(len(ok), 1)
+    n = table.num_rows
+    full_score: list[float | None] = [None] * n
+    full_img: list[list[float] | None] = [None] * n
+    full_txt: list[list[float] | None] = [None] * n
+    for j, i in enumerate(ok):
+        full_score[i], full_img[i], full_txt[i] = float(score[j]), img[j], txt[j]
     cols = {
-        "clip_score": pa.array(clip_score(img, txt), pa.float32()),
-        "image_emb": pa.array(list(img), pa.list_(pa.float32())),
-        "text_emb": pa.array(list(txt), pa.list_(pa.float32())),
-        "clip_ms": pa.array([ms] * len(images), pa.float64()),
+        "clip_score": pa.array(full_score, pa.float32()),
+        "image_emb": pa.array(full_img, pa.list_(pa.float32())),
+        "text_emb": pa.array(full_txt, pa.list_(pa.float32())),
+        "clip_ms": pa.array([ms] * n, pa.float64()),
     }
     for name, typ in EMBED_FIELDS:
         table = table.append_column(pa.field(name, typ), cols[name])

@@ -6,12 +6,25 @@ import os
 import socket
 import time
 
+import numpy as np
 import pyarrow as pa
 
 from .backends import Backend
+from .dedup import perceptual_hash
 from .plan import Sample, batches
 from .pnglabel import encode_png, pixel_sha256
 from .staging import GEN_SCHEMA, with_meta
+
+
+def _generate_isolating_failures(backend: Backend, batch: list[Sample]) -> list[np.ndarray | str]:
+    """The batch's images; if the batch raises, each sample alone, so one bad input (an unreadable
+    init image, say) fails only its own sample, recorded with its error instead of an image."""
+    try:
+        return list(backend.generate(batch))
+    except Exception as e:
+        if len(batch) == 1:
+            return [f"{type(e).__name__}: {e}"[:500]]
+    return [_generate_isolating_failures(backend, [s])[0] for s in batch]
 
 
 def generate_unit(backend: Backend, samples: list[Sample], batch_size: int) -> pa.Table:
@@ -20,9 +33,13 @@ def generate_unit(backend: Backend, samples: list[Sample], batch_size: int) -> p
     worker = f"{socket.gethostname()}:{os.getpid()}"
     for batch in batches(samples, batch_size):
         t0 = time.perf_counter()
-        images = backend.generate(batch)
+        results = _generate_isolating_failures(backend, batch)
         ms = (time.perf_counter() - t0) * 1000 / len(batch)
-        for s, img in zip(batch, images):
+        for s, img in zip(batch, results):
+            if isinstance(img, str):
+                rows[s.sample_id] = {**s.to_dict(), "attributes": sorted(s.attributes.items()), "png": None,
+                                     "pixel_sha256": None, "gen_ms": ms, "gen_worker": worker, "error": img}
+                continue
             text = {"prompt": s.prompt, "seed": str(s.seed), "model": str(backend.info["model"]),
                     "sample_id": s.sample_id}
             rows[s.sample_id] = {
@@ -30,8 +47,10 @@ def generate_unit(backend: Backend, samples: list[Sample], batch_size: int) -> p
                 "attributes": sorted(s.attributes.items()),
                 "png": encode_png(img, text),
                 "pixel_sha256": pixel_sha256(img),
+                "phash": perceptual_hash(img),
                 "gen_ms": ms,
                 "gen_worker": worker,
+                "error": None,
             }
     table = pa.Table.from_pylist([rows[s.sample_id] for s in samples], schema=GEN_SCHEMA)
     return with_meta(table, "synthgen.generator", backend.info)

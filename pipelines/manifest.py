@@ -87,6 +87,9 @@ def validate_table(table: pa.Table, source: str, row_offset: int = 0) -> list[di
     if errors:
         raise ManifestError("\n".join(errors))
 
+    errors += _utf8_errors(table, source, row_offset)
+    if errors:
+        raise ManifestError("\n".join(errors[:MAX_ERRORS]))
     v = contracts.validator(contracts.MANIFEST)
     rows = [_norm_row(r) for r in table.to_pylist()]
     for i, row in enumerate(rows):
@@ -94,10 +97,7 @@ def validate_table(table: pa.Table, source: str, row_offset: int = 0) -> list[di
             field = ".".join(str(p) for p in err.path) or (
                 err.message.split("'")[1] if err.validator == "required" else "?"
             )
-            msg = "is null or missing" if err.validator == "required" or (
-                err.validator == "type" and err.instance is None) else err.message
-            if err.validator == "pattern" and field == "prompt":
-                msg = "is empty"
+            msg = _message(err)
             errors.append(f"{source}: row {row_offset + i}: field '{field}': {msg}")
             if len(errors) >= MAX_ERRORS:
                 break
@@ -107,6 +107,59 @@ def validate_table(table: pa.Table, source: str, row_offset: int = 0) -> list[di
     if errors:
         raise ManifestError("\n".join(errors))
     return rows
+
+
+def _message(err: "jsonschema.ValidationError") -> str:
+    """A short message: jsonschema's quotes the whole value, which may be 100k characters."""
+    if err.validator == "required" or (err.validator == "type" and err.instance is None):
+        return "is null or missing"
+    if err.validator == "pattern" and err.path and err.path[-1] == "prompt":
+        return "is empty"
+    if err.validator == "maxLength":
+        return f"is too long ({len(err.instance)} characters, at most {err.validator_value})"
+    value = repr(err.instance)
+    value = value if len(value) <= 60 else value[:57] + "..."
+    return f"{value} is invalid: {err.validator} {err.validator_value!r}"[:300]
+
+
+def _utf8_errors(table: pa.Table, source: str, row_offset: int) -> list[str]:
+    """Parquet can carry invalid UTF-8 in string columns; find the rows before decoding them."""
+    errors = []
+    for name in table.column_names:
+        col = table.column(name)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        try:
+            col.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        for i, b in enumerate(col.cast(pa.binary(), safe=False).to_pylist()):
+            try:
+                b is None or b.decode("utf-8")
+            except UnicodeDecodeError as e:
+                errors.append(f"{source}: row {row_offset + i}: field '{name}': invalid UTF-8 ({e.reason} at byte {e.start})")
+    return errors
+
+
+def check_references(rows: list[tuple[str, int, dict[str, Any]]], storage_options: dict[str, Any] | None) -> None:
+    """Input images (init/mask/style) must exist before any GPU time is spent on their rows."""
+    errors = []
+    for src, i, row in rows:
+        for field in ("init_image", "mask_image", "style_image"):
+            uri = row.get(field)
+            if not uri:
+                continue
+            try:
+                fs, path = storage.url_to_fs(uri, storage_options if "://" in uri else None)
+                found = fs.exists(path)
+            except (ValueError, ImportError) as e:
+                errors.append(f"{src}: row {i}: field '{field}': cannot open {uri!r}: {e}")
+                continue
+            if not found:
+                errors.append(f"{src}: row {i}: field '{field}': image not found: {uri}")
+    if errors:
+        raise ManifestError("\n".join(errors[:MAX_ERRORS]))
 
 
 def check_unique(rows: list[tuple[str, int, dict[str, Any]]]) -> None:
@@ -144,12 +197,13 @@ def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> pa
         src = storage.display_url(url, fs, f, root)
         try:
             table = pq.read_table(f, filesystem=fs)
-        except Exception as e:  # pyarrow raises several types for corrupt files
-            raise ManifestError(f"{src}: not a readable Parquet file: {e}") from None
+        except Exception as e:  # pyarrow raises several types for corrupt, empty or non-Parquet files
+            raise ManifestError(f"{src}: not a readable Parquet file ({type(e).__name__}: {str(e)[:200]})") from None
         all_rows += [(src, i, r) for i, r in enumerate(validate_table(table, src))]
     if not all_rows:
         raise ManifestError(f"{url}: manifest has no rows")
     check_unique(all_rows)
+    check_references(all_rows, storage_options)
     return to_canonical([r for _, _, r in all_rows])
 
 

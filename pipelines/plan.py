@@ -30,10 +30,14 @@ class Sample:
     height: int
     width: int
     attributes: dict[str, str] = field(default_factory=dict)
+    init_image: str | None = None
+    mask_image: str | None = None
+    style_image: str | None = None
 
     def compat_key(self) -> tuple[Any, ...]:
-        """Samples with equal keys can share one pipeline call."""
-        return (self.steps, self.guidance_scale, self.height, self.width, self.negative_prompt is None)
+        """Samples with equal keys can share one pipeline call (same mode, size and schedule)."""
+        return (self.steps, self.guidance_scale, self.height, self.width, self.negative_prompt is None,
+                self.init_image is not None, self.mask_image is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +65,9 @@ def expand(manifest: pa.Table, gen: GeneratorSpec) -> list[Sample]:
                     height=row["height"] or gen.height,
                     width=row["width"] or gen.width,
                     attributes=dict(row["attributes"] or []),
+                    init_image=row["init_image"],
+                    mask_image=row["mask_image"],
+                    style_image=row["style_image"],
                 )
             )
     return out

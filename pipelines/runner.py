@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import curate, manifest, plan, screen
 from .config import JobSpec
@@ -45,7 +46,7 @@ def fingerprint(spec: JobSpec, manifest_hash: str) -> str:
         "clip_weights": weights_sha256(c.pretrained),
         "unit_size": spec.unit_size,
         "torch_threads": spec.resources.generate.torch_threads,
-        "screen": spec.screen.model_dump(),
+        "screen": screen.fingerprint(spec.screen),  # settings and rule content
         "name": spec.name,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -87,6 +88,7 @@ class RunResult:
     images_per_s: float
     units_generated: int
     units_reused: int
+    failed: int = 0
     already_published: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -148,7 +150,13 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
     t = time.perf_counter()
     light = pa.concat_tables([staging.read_unit(u.unit_id, LIGHT_COLUMNS) for u in prep.units]) if prep.units \
         else pa.table({c: [] for c in LIGHT_COLUMNS})
-    decisions = curate.decide(light, spec, prep.screened)
+    failed_mask = pc.is_valid(light.column("error"))
+    failed = light.filter(failed_mask)
+    decisions = curate.decide(light.filter(pc.invert(failed_mask)), spec, prep.screened)
+    if failed.num_rows:  # never curated: they have no image; recorded with their error
+        decisions = pa.concat_tables([decisions, pa.Table.from_pylist([
+            {"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "kept": False,
+             "reasons": [f"generation_failed: {r['error']}"]} for r in failed.to_pylist()], schema=decisions.schema)])
     times["curate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -158,8 +166,10 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
     if not spec.output.keep_staging:
         staging.clear()
     log("published", url=spec.output.url, **counts)
+    if failed.num_rows:
+        log("failed_samples", count=failed.num_rows, first=failed.column("error")[0].as_py())
     return RunResult(spec.output.url, prep.dataset_fingerprint, counts, {**times, **{f"{k} (actor busy)": v for k, v in
-                     busy.items()}}, ips, len(pending), len(prep.units) - len(pending))
+                     busy.items()}}, ips, len(pending), len(prep.units) - len(pending), failed=failed.num_rows)
 
 
 def _parquet(table: pa.Table) -> bytes:

@@ -31,8 +31,10 @@ GEN_SCHEMA = pa.schema(
         ("attributes", pa.map_(pa.string(), pa.string())),
         ("png", pa.binary()),
         ("pixel_sha256", pa.string()),
+        ("phash", pa.string()),  # 64-bit perceptual hash (imagehash.phash) as 16 hex digits
         ("gen_ms", pa.float64()),
         ("gen_worker", pa.string()),
+        ("error", pa.string()),  # set (and png null) when this sample's generation raised
     ]
 )
 EMBED_FIELDS = [
