@@ -165,6 +165,8 @@ class SemanticDedupSpec(Strict):
     enabled: bool = False
     eps: float = Field(default=0.05, gt=0.0, lt=2.0, description="Duplicates when image cosine >= 1 - eps.")
     cluster_size: int = Field(default=1000, ge=2, description="Mean k-means cluster size (n / k).")
+    spill: float = Field(default=0.05, ge=0.0, le=2.0, description="Also compare a point with its second-nearest "
+                         "cluster when that centroid's cosine is within this of the nearest's.")
     seed: int = 0
 
 

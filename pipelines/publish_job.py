@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from . import provenance
 from .card import render_card
+from .curate import summary_of
 from .publish import ShardWriter, write_index, write_json, write_parquet
 from .records import build_record
 from .staging import Staging, meta
@@ -42,7 +43,7 @@ def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions:
             if not d["kept"]:
                 continue
             rec = build_record(row, gen_info, clip_info, job, unit.unit_id, writer.embedding_ref(),
-                               {"kept": True, "reasons": d["reasons"]})
+                               {"kept": True, "reasons": d["reasons"], "flags": d.get("flags") or []})
             writer.add(row["sample_id"], row["png"], row["prompt"], rec, row["image_emb"], row["text_emb"])
     writer.flush()
 
@@ -52,9 +53,12 @@ def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions:
               "shards": len(writer.shards), "prompts": prep.manifest.num_rows}
     files = {
         "manifest.parquet": write_parquet(store, "manifest.parquet", prep.manifest),
-        "decisions.parquet": write_parquet(store, "decisions.parquet", decisions),
+        "decisions.parquet": write_parquet(store, "decisions.parquet", decisions.replace_schema_metadata(None)),
         "timings.parquet": write_parquet(store, "timings.parquet", pa.Table.from_pylist(timings)),
     }
+    curation = summary_of(decisions)  # per-stage counts, dedup, references, safety, bias audits
+    if curation is not None:
+        files["curation.json"] = write_json(store, "curation.json", curation)
     job_spec = spec.model_dump()
     job_spec["output"]["storage_options"] = provenance.redact(spec.output.storage_options)
     if job_spec["manifest"].get("storage_options"):
