@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test bench toy-models tiny-models clean
+.PHONY: install demo test bench toy-models tiny-models browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,7 +23,11 @@ tiny-models: install
 demo: install tiny-models
 	$(BIN)/synthgen run jobs/demo.yaml
 
-test: install tiny-models
+# Headless Chromium for the audit-report browser test (Debian package; CI machines start without it).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install tiny-models browser
 	$(BIN)/python -m pytest -q tests
 
 bench: install tiny-models

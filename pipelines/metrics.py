@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
@@ -250,9 +249,16 @@ def auc(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray) ->
     pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
     if pos.size == 0 or neg.size == 0:
         return float("nan")
-    ranks = rankdata(np.concatenate([pos, neg]))
+    ranks = _average_ranks(np.concatenate([pos, neg]))
     u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
     return float(u / (pos.size * neg.size))
+
+
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (scipy.stats.rankdata's default)."""
+    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    return ((upper - counts + 1 + upper) / 2.0)[inv]
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:

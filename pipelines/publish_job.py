@@ -81,5 +81,8 @@ def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions:
                        reasons=sorted(reasons.items()))
     store.write_bytes("README.md", card.encode())
     files["README.md"] = {"sha256": __import__("hashlib").sha256(card.encode()).hexdigest(), "bytes": len(card)}
+    from .report import publish_report  # audit report of what is published so far, before the index
+
+    files.update(publish_report(store, {"job": job, "counts": counts, "shards": writer.shards, "files": files}))
     write_index(store, job=job, shards=writer.shards, files=files, counts=counts)
     return counts

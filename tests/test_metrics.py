@@ -175,3 +175,13 @@ def test_auc_kappa_summary():
     idx = m.subsample_indices(100, 10, seed=3)
     assert len(idx) == 10 and (np.diff(idx) > 0).all() and (idx == m.subsample_indices(100, 10, seed=3)).all()
     assert (m.subsample_indices(5, 10) == np.arange(5)).all()
+
+
+def test_average_ranks_match_scipy():
+    from scipy.stats import rankdata
+
+    v = _rng(12).integers(0, 5, size=40).astype(float)
+    assert np.allclose(m._average_ranks(v), rankdata(v))
+    pos, neg = _rng(13).normal(size=30), _rng(14).normal(size=20) - 0.5
+    brute = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    assert m.auc(pos, neg) == pytest.approx(brute)

@@ -1,0 +1,109 @@
+"""The report of a real run opens in headless Chromium (Debian's ``chromium``, installed by ``make browser``):
+no console errors, every image decodes, the expected sections are there; a full-page screenshot is saved
+as a test artifact (``$SYNTHGEN_TEST_ARTIFACTS``, default ``.cache/test-artifacts/report/``)."""
+
+from __future__ import annotations
+
+import html as htmllib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipelines import report as R
+
+from .conftest import ROOT
+from .test_report import SECTIONS, published_dataset, toy_reference
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                  "--enable-logging=stderr", "--v=0"]
+
+# Injected into a copy of the page only: records JS errors, failed resources and console.error calls,
+# then, after load (with every <details> opened), decodes every image and writes the result into the DOM.
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', function (e) {
+  var t = e.target;
+  __errors.push(t && t.tagName ? 'resource ' + t.tagName + ' ' + (t.alt || '') : 'js ' + e.message);
+}, true);
+var __ce = console.error;
+console.error = function () { __errors.push('console.error ' + Array.from(arguments).join(' ')); __ce.apply(console, arguments); };
+window.addEventListener('load', function () {
+  document.querySelectorAll('details').forEach(function (d) { d.open = true; });
+  var imgs = Array.from(document.images);
+  Promise.all(imgs.map(function (i) {
+    return i.decode().then(function () { return i.naturalWidth > 0 ? null : 'zero-width ' + i.alt; },
+                           function () { return 'decode-failed ' + i.alt; });
+  })).then(function (bad) {
+    var out = {images: imgs.length, broken: bad.filter(Boolean), errors: __errors,
+               sections: Array.from(document.querySelectorAll('section[id]')).map(function (s) { return s.id; }),
+               height: document.documentElement.scrollHeight};
+    var pre = document.createElement('pre'); pre.id = '__probe'; pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+  });
+});
+</script>"""
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium not found: run `make browser` (installs Debian's chromium) before the tests")
+    return exe
+
+
+def _run(exe: str, args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                          text=True, timeout=180)
+
+
+def _console_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ":CONSOLE" in ln]
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    d = Path(os.environ.get("SYNTHGEN_TEST_ARTIFACTS", ROOT / ".cache" / "test-artifacts")) / "report"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def test_report_renders_in_headless_chromium(tmp_path_factory, tiny_models, ray_cluster, artifacts, tmp_path):
+    exe = _chromium()
+    ds = published_dataset(tmp_path_factory, tiny_models)
+    ref = toy_reference(tmp_path_factory, ds)
+    page = artifacts / "report.html"
+    R.write_report(str(ds), str(page), ref)
+    text = page.read_text()
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", text), "the report must not reference outside files"
+
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("<head>", "<head>" + PROBE, 1))
+    res = _run(exe, ["--virtual-time-budget=15000", "--dump-dom", probe.as_uri()], tmp_path / "p1")
+    m = re.search(r'<pre id="__probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, f"probe did not report (rc={res.returncode}): {res.stderr[-2000:]}"
+    result = json.loads(htmllib.unescape(m.group(1)))
+    (artifacts / "browser-probe.json").write_text(json.dumps(result, indent=1))
+    assert result["errors"] == [] and _console_lines(res.stderr) == []
+    assert result["broken"] == []
+    expected_images = 4 * R.GRID_PER_GROUP + 2 * R.CLOSEST_PAIRS  # grids + closest pairs, plus the plots
+    assert result["images"] >= expected_images + 8
+    assert result["sections"] == list(SECTIONS)
+
+    # the page as shipped (no probe): screenshot of the full height, and still no console output
+    shot = artifacts / "report.png"
+    shot.unlink(missing_ok=True)
+    height = min(max(int(result["height"]), 800), 16000)
+    res = _run(exe, [f"--window-size=1280,{height}", f"--screenshot={shot}", page.as_uri()], tmp_path / "p2")
+    assert shot.exists() and shot.stat().st_size > 10_000, res.stderr[-2000:]
+    assert _console_lines(res.stderr) == []
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1280, height)
+        assert len(set(im.convert("L").resize((64, 64)).getdata())) > 20  # rendered content, not a blank page
