@@ -2,8 +2,9 @@
 
 ``<out>/_staging/lease.json`` holds the run id and a heartbeat refreshed by a background thread;
 a lease whose heartbeat is older than ``stale_after_s`` belongs to a dead run and is taken over.
-Best effort (object stores have no compare-and-swap through fsspec): schedulers should also
-forbid overlapping runs (the CronJob in infra/ sets ``concurrencyPolicy: Forbid``).
+Best effort (object stores have no compare-and-swap through fsspec): schedulers should also keep
+runs from overlapping (the RayCronJob in infra/ bounds each run with ``activeDeadlineSeconds``
+shorter than its schedule).
 """
 
 from __future__ import annotations

@@ -28,10 +28,24 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
-def weight_files(model: str) -> tuple[tuple[str, str], ...]:
-    """(relative path, sha256) of each weight file of a local model dir or file; () if not local."""
+def _local_path(model: str, revision: str | None) -> Path:
+    """A local path as is; a hub id resolved to its snapshot in the local HF cache (no download)."""
     p = Path(model)
+    if p.exists() or "/" not in model or model.startswith((".", "/")):
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, revision=revision, local_files_only=True))
+    except Exception:  # not cached here (e.g. the driver of a cluster without the weights)
+        return p
+
+
+@lru_cache(maxsize=None)
+def weight_files(model: str, revision: str | None = None) -> tuple[tuple[str, str], ...]:
+    """(relative path, sha256) of each weight file of a local model dir or file, or of a hub id's
+    cached snapshot; () if neither is here."""
+    p = _local_path(model, revision)
     if p.is_file():
         return ((p.name, file_sha256(p)),)
     if p.is_dir():
@@ -40,11 +54,11 @@ def weight_files(model: str) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def weights_sha256(model: str | None) -> str | None:
-    """One digest over all weight files (names and contents); None for non-local ids."""
+def weights_sha256(model: str | None, revision: str | None = None) -> str | None:
+    """One digest over all weight files (names and contents); None when the weights are not here."""
     if not model:
         return None
-    files = weight_files(model)
+    files = weight_files(model, revision)
     if not files:
         return None
     h = hashlib.sha256()

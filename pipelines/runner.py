@@ -41,7 +41,7 @@ def fingerprint(spec: JobSpec, manifest_hash: str) -> str:
     payload = {
         "manifest": manifest_hash,
         "generator": g.model_dump(),
-        "generator_weights": weights_sha256(g.model),
+        "generator_weights": weights_sha256(g.model, g.revision),
         "clip": c.model_dump(exclude={"batch_size"}),
         "clip_weights": weights_sha256(c.pretrained),
         "unit_size": spec.unit_size,

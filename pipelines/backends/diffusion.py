@@ -56,7 +56,7 @@ class DiffusionBackend:
         self.info = {
             "backend": "diffusion",
             "model": spec.model,
-            "weights_sha256": weights_sha256(spec.model),
+            "weights_sha256": weights_sha256(spec.model, spec.revision),
             "pipeline_class": type(pipe).__name__,
             "scheduler": type(pipe.scheduler).__name__,
             "dtype": spec.dtype,
