@@ -57,7 +57,7 @@ class ManifestSpec(Strict):
 
 
 class GeneratorSpec(Strict):
-    backend: Literal["diffusion"] = "diffusion"
+    backend: Literal["diffusion", "gan"] = "diffusion"
     model: str = Field(description="Hub id or local path/URL for from_pretrained.")
     revision: str | None = None
     steps: int = Field(default=20, ge=1, le=1000)

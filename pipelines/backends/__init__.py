@@ -22,4 +22,8 @@ def load_backend(spec: GeneratorSpec) -> Backend:
         from .diffusion import DiffusionBackend
 
         return DiffusionBackend(spec)
+    if spec.backend == "gan":
+        from .gan import GanBackend
+
+        return GanBackend(spec)
     raise ValueError(f"unknown backend {spec.backend!r}")
