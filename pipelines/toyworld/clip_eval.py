@@ -10,9 +10,12 @@ from PIL import Image
 
 from pipelines.toyworld.world import COLOURS, SHAPES
 
+# Class prompts are ensembled over the *other* attribute ("a red circle", "a blue circle", ...
+# for the class circle) so that a prior tying a shape to a colour does not leak into shape
+# classification (the planted circle->red skew otherwise pulls "a circle" towards red).
 ZERO_SHOT = {
-    "colour": ({c: c for c in COLOURS}, ("a {} shape", "a picture of a {} shape")),
-    "shape": ({s: s for s in SHAPES}, ("a {}", "a picture of a {}")),
+    "colour": {c: [f"a {c} shape"] + [f"a {c} {s}" for s in SHAPES] for c in COLOURS},
+    "shape": {s: [f"a {s}"] + [f"a {c} {s}" for c in COLOURS] for s in SHAPES},
 }
 
 
@@ -35,10 +38,9 @@ def text_features(model: Any, tokenizer: Any, texts: list[str]) -> torch.Tensor:
 @torch.no_grad()
 def class_embeddings(model: Any, tokenizer: Any, attribute: str) -> tuple[list[str], torch.Tensor]:
     """Prompt-ensembled, normalised class embeddings for one attribute."""
-    names, templates = ZERO_SHOT[attribute]
-    labels = list(names)
-    emb = torch.stack([text_features(model, tokenizer, [t.format(names[c]) for t in templates]).mean(0)
-                       for c in labels])
+    prompts = ZERO_SHOT[attribute]
+    labels = list(prompts)
+    emb = torch.stack([text_features(model, tokenizer, prompts[c]).mean(0) for c in labels])
     return labels, torch.nn.functional.normalize(emb, dim=-1)
 
 

@@ -24,7 +24,7 @@ ATTRIBUTES: dict[str, list[str]] = {
     "shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES),
     "position": list(POSITIONS), "background": list(BACKGROUNDS),
 }
-DEFAULT_CONFIG: dict[str, Any] = {"z_dim": 64, "emb_dim": 16, "base": 128, "image_size": 32,
+DEFAULT_CONFIG: dict[str, Any] = {"z_dim": 64, "emb_dim": 16, "base": 64, "image_size": 32,
                                   "attributes": ATTRIBUTES}
 
 

@@ -24,7 +24,7 @@ from pipelines.toyworld.tokenizer import CONTEXT_LENGTH, save_tokenizer
 from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
 
 SEED = 0
-STEPS = 800
+STEPS = 2000
 BATCH = 128
 LR = 1e-3
 N_TRAIN = 20000

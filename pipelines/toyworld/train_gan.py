@@ -16,15 +16,15 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from pipelines.toyworld.data import render_examples, training_examples
-from pipelines.toyworld.gan import (ATTRIBUTES, DEFAULT_CONFIG, Generator, LabelEmbedding,
-                                    generate, label_tensor, load_generator)
+from pipelines.toyworld.gan import (ATTRIBUTES, DEFAULT_CONFIG, Generator, generate, label_tensor,
+                                    load_generator)
 from pipelines.toyworld.judge import judge
 from pipelines.toyworld.models import GAN_DIR
 from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
 from pipelines.toyworld.world import P_TWO_SHAPES
 
 SEED = 0
-STEPS = 3000
+STEPS = 2000
 BATCH = 64
 LR = 2e-4
 N_TRAIN = 20000
@@ -32,24 +32,26 @@ EMA = 0.999
 
 
 class Discriminator(nn.Module):
-    """Spectrally normalised conv net with a projection head over the attribute embeddings."""
+    """Spectrally normalised conv net; projection head (Miyato & Koyama) per attribute."""
 
-    def __init__(self, attributes: dict[str, list[str]], width: int = 64) -> None:
+    def __init__(self, attributes: dict[str, list[str]], width: int = 32) -> None:
         super().__init__()
         w = width
         self.net = nn.Sequential(
             spectral_norm(nn.Conv2d(3, w, 3, padding=1)), nn.LeakyReLU(0.2),
             spectral_norm(nn.Conv2d(w, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
             spectral_norm(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
-            spectral_norm(nn.Conv2d(4 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(4 * w, 8 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
         )
-        self.head = spectral_norm(nn.Linear(4 * w * 16, 1))
-        self.embed = LabelEmbedding(attributes, 4 * w * 16 // len(attributes))
-        self.proj = spectral_norm(nn.Linear(self.embed.out_dim, 4 * w * 16))
+        self.head = spectral_norm(nn.Linear(8 * w, 1))
+        self.names = list(attributes)
+        self.embed = nn.ModuleDict({a: spectral_norm(nn.Embedding(len(v), 8 * w))
+                                    for a, v in attributes.items()})
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        h = self.net(x).flatten(1)
-        return self.head(h).squeeze(1) + (self.proj(self.embed(labels)) * h).sum(1)
+        h = self.net(x).sum(dim=(2, 3))
+        proj = sum((self.embed[a](labels[:, i]) * h).sum(1) for i, a in enumerate(self.names))
+        return self.head(h).squeeze(1) + proj
 
 
 def single_shape_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

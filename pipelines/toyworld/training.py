@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 ASSETS = Path(__file__).parent / "assets"
-THREADS = 2
+THREADS = int(os.environ.get("TOYWORLD_THREADS", "2"))
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -77,6 +78,6 @@ def write_report(directory: Path, progress: Progress, metrics: dict) -> None:
     fig.tight_layout()
     fig.savefig(directory / "training_loss.png", dpi=90)
     plt.close(fig)
-    metrics = {"train_seconds": round(progress.seconds, 1), "threads": THREADS,
+    metrics = {"train_seconds": round(progress.seconds, 1), "threads": THREADS,  # overridable
                "torch": torch.__version__, **metrics}
     (directory / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

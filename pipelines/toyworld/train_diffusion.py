@@ -1,0 +1,202 @@
+"""Train the toy text-to-image model and save it as a stock diffusers StableDiffusionPipeline.
+
+Design for a 2-core CPU budget: a small AutoencoderKL (32x32x3 <-> 16x16x4) is trained first,
+then a UNet on its latents with cross-attention only at 8x8 and 4x4 (attention at high
+resolution dominates cost), plus a pooled text embedding added to the time embedding
+(`addition_embed_type="text"`) so that global attributes such as colour and background reach
+every resolution. The tiny CLIPTextModel is trained jointly with the UNet, and captions are
+dropped 10% of the time so classifier-free guidance works. Nothing here is custom at inference
+time: the saved folder loads with `DiffusionPipeline.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
+                       StableDiffusionPipeline, UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from pipelines.toyworld.captions import caption
+from pipelines.toyworld.data import render_examples, training_examples
+from pipelines.toyworld.models import CLIP_TOKENIZER, DIFFUSION_DIR
+from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
+
+SEED = 0
+N_TRAIN = 30000
+VAE_STEPS, VAE_BATCH, VAE_LR = 1500, 64, 1e-3
+UNET_STEPS, UNET_BATCH, UNET_LR = 1800, 64, 5e-4
+P_DROP_CAPTION = 0.1
+EMA = 0.998
+MIN_SNR_GAMMA = 5.0
+SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "epsilon"}
+
+
+def build_vae() -> AutoencoderKL:
+    """32x32x3 <-> 16x16x4 KL autoencoder without attention."""
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+        norm_num_groups=16, sample_size=32, mid_block_add_attention=False, force_upcast=False)
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """Two-layer, 64-wide CLIP text transformer over the reduced vocabulary."""
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+
+
+def build_unet() -> UNet2DConditionModel:
+    """UNet over 16x16x4 latents: convolution only at 16x16, cross-attention at 8x8 and 4x4."""
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(64, 128, 128), norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=32,
+        addition_embed_type="text", addition_embed_type_num_heads=2)
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(images: torch.Tensor, gen: torch.Generator, steps: int) -> tuple[AutoencoderKL, Progress]:
+    """Reconstruction (MSE) with a tiny KL term, as Stable Diffusion's VAE but without a GAN."""
+    vae = build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
+    progress = Progress("vae", steps)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, VAE_LR, 50)
+        x = images[torch.randint(len(images), (VAE_BATCH,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        mse = F.mse_loss(recon, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = mse + 1e-4 * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        progress.log(step, mse=mse.item())
+    return vae.eval(), progress
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every training image (sampled per step later)."""
+    means, stds = [], []
+    for i in range(0, len(images), 512):
+        dist = vae.encode(images[i: i + 512]).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str]) -> torch.Tensor:
+    """Exactly what StableDiffusionPipeline.encode_prompt does (max-length padding, no mask)."""
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (faster, steadier convergence)."""
+    alpha_bar = scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    return torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+
+
+def train_unet(latents: tuple[torch.Tensor, torch.Tensor], examples: list, tokenizer: CLIPTokenizer,
+               gen: torch.Generator, steps: int) -> tuple[UNet2DConditionModel, CLIPTextModel, Progress]:
+    """Joint UNet + text-encoder training on cached latents; returns the EMA weights."""
+    unet, text_encoder = build_unet(), build_text_encoder(tokenizer)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    opt = torch.optim.AdamW(params, lr=UNET_LR, weight_decay=0.01)
+    scheduler = DDPMScheduler(**SCHEDULE)
+    rng = np.random.default_rng(SEED)
+    mean, std = latents
+    progress = Progress("unet", steps, every=25)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, steps, UNET_LR, 200)
+        idx = torch.randint(len(mean), (UNET_BATCH,), generator=gen)
+        x0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
+        texts = ["" if rng.random() < P_DROP_CAPTION else caption(examples[i].attrs, rng)[0]
+                 for i in idx.tolist()]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (UNET_BATCH,), generator=gen)
+        pred = unet(scheduler.add_noise(x0, noise, t), t,
+                    encoder_hidden_states=encode_text(tokenizer, text_encoder, texts)).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(scheduler, t)).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pe, p in zip(ema_params, params):
+                pe.lerp_(p, 1 - EMA)
+        progress.log(step, loss=loss.item())
+    return ema_unet, ema_text, progress
+
+
+def assemble(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+             unet: UNet2DConditionModel) -> StableDiffusionPipeline:
+    """The stock pipeline with a DPM-Solver++ scheduler and no safety checker."""
+    scheduler = DPMSolverMultistepScheduler(**SCHEDULE, algorithm_type="dpmsolver++",
+                                            solver_order=2)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, image_encoder=None,
+                                   requires_safety_checker=False)
+
+
+def train(vae_steps: int = VAE_STEPS, unet_steps: int = UNET_STEPS) -> dict:
+    """Train VAE then UNet + text encoder, save the pipeline and its training report."""
+    gen = seed_everything(SEED)
+    tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER))
+    examples = training_examples(N_TRAIN, SEED)
+    images = to_model_range(render_examples(examples))
+    vae, vae_progress = train_vae(images, gen, vae_steps)
+    mean, std = encode_all(vae, images)
+    vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
+    scale = vae.config.scaling_factor
+    unet, text_encoder, progress = train_unet((mean * scale, std * scale), examples, tokenizer,
+                                              gen, unet_steps)
+    pipe = assemble(vae, text_encoder, tokenizer, unet)
+    if DIFFUSION_DIR.exists():
+        shutil.rmtree(DIFFUSION_DIR)
+    pipe.save_pretrained(str(DIFFUSION_DIR), safe_serialization=True)
+    progress.curves |= {"vae_mse": vae_progress.curves["mse"]}
+    with torch.no_grad():
+        held = images[-512:]
+        recon = vae.decode(vae.encode(held).latent_dist.mean).sample
+    metrics = {"seed": SEED, "train_images": N_TRAIN, "vae_steps": vae_steps,
+               "unet_steps": unet_steps, "batch": UNET_BATCH,
+               "vae_seconds": round(vae_progress.seconds, 1),
+               "unet_seconds": round(progress.seconds, 1),
+               "train_seconds": round(vae_progress.seconds + progress.seconds, 1),
+               "vae_recon_psnr_db": float(10 * np.log10(4 / F.mse_loss(recon, held).item())),
+               "latent_scaling_factor": scale,
+               "final_loss": float(np.mean(progress.curves["loss"][-100:]))}
+    write_report(DIFFUSION_DIR, progress, metrics)
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    train()
