@@ -31,7 +31,8 @@ import numpy as np
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
 PRDC_K = 5
-BLOCK = 1024
+BLOCK = 512  # rows per block of a distance matrix: memory O(BLOCK * m)
+BOOT_CHUNK = 2_000_000  # values resampled at a time by the bootstrap
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -201,8 +202,12 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarra
     if v.size == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    resamples = v[rng.integers(0, v.size, size=(n_boot, v.size))]
-    stats = resamples.mean(1) if stat is None else np.asarray(stat(resamples))
+    per = max(1, min(n_boot, BOOT_CHUNK // v.size))  # resamples drawn at a time: memory O(BOOT_CHUNK), not O(B n)
+    parts = []
+    for start in range(0, n_boot, per):
+        resamples = v[rng.integers(0, v.size, size=(min(per, n_boot - start), v.size))]
+        parts.append(resamples.mean(1) if stat is None else np.asarray(stat(resamples)))
+    stats = np.concatenate(parts)
     a = (1 - level) / 2
     lo, hi = np.quantile(stats, [a, 1 - a])
     return float(lo), float(hi)

@@ -25,6 +25,7 @@ import json
 import math
 import posixpath
 import re
+import sys
 import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -57,7 +58,7 @@ SEED = 0
 
 PERCEIVED_ORDER = ("domain", "count", "shape", "colour", "size", "position", "background", "nodule",
                    "nodule_side", "nodule_size")
-MAX_ATTRS_PLOTTED = 6
+MAX_ATTRS_PLOTTED = 5
 KNOWN_DECISION_COLUMNS = {"sample_id", "prompt_id", "kept", "reasons", "flags", "stage", "clip_score"}
 _SAFETY = re.compile(r"safety|nsfw|unsafe|concept", re.I)
 _REFSIM = re.compile(r"(ref|reference|protected|memor).*(sim|top1|top_1|cos)|(sim|top1|top_1|cos).*(ref|protected)",
@@ -116,11 +117,11 @@ def _png_thumb(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _fig_uri(fig: Any) -> str:
+def _fig_uri(fig: Any, tight: bool = True) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, metadata={"Software": None}, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=96, metadata={"Software": None}, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
@@ -270,8 +271,8 @@ def load_dataset(store: Store, index: dict[str, Any] | None = None) -> Dataset:
             group_attrs.setdefault(g, dict(rec.get("attributes") or {}))
             s.ids.append(rec["sample_id"])
             ids_here.append(rec["sample_id"])
-            s.group.append(g)
-            s.prompt.append(rec.get("prompt", ""))
+            s.group.append(sys.intern(g))  # one string object per group / prompt, not per sample
+            s.prompt.append(sys.intern(rec.get("prompt", "")))
             s.clip.append(float((rec.get("clip") or {}).get("score", float("nan"))))
             s.pixel.append((rec.get("image") or {}).get("pixel_sha256", ""))
             s.shard.append(sh.no)
@@ -600,23 +601,43 @@ def _run_judge(pngs: dict[int, bytes], prompts: list[str]) -> JudgeResult:
     return JudgeResult(True, "", verdicts, specs)
 
 
+def _zero_shot_vocab() -> dict[str, dict[str, list[str]]]:
+    """attribute -> label -> prompts: the toy world's own zero-shot vocabulary when it has one."""
+    from .toyworld.world import COLOURS, SHAPES
+
+    vocab: dict[str, dict[str, list[str]]] = {
+        "colour": {c: [f"a {c} shape"] + [f"a {c} {s}" for s in SHAPES] for c in COLOURS},
+        "shape": {s: [f"a {s}"] + [f"a {c} {s}" for c in COLOURS] for s in SHAPES}}
+    try:
+        from .toyworld.clip_eval import ZERO_SHOT
+    except Exception:  # noqa: BLE001 - the fallback above is the same vocabulary
+        return vocab
+    out = {}
+    for attr, v in ZERO_SHOT.items():
+        if isinstance(v, dict) and all(isinstance(p, (list, tuple)) for p in v.values()):
+            out[attr] = {str(k): [str(x) for x in p] for k, p in v.items()}
+        elif isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], dict):  # (names, templates)
+            out[attr] = {k: [t.format(n) for t in v[1]] for k, n in v[0].items()}
+    return out or vocab
+
+
 def _zero_shot(ds: Dataset, rows: list[int]) -> tuple[dict[str, dict[int, str]], str]:
     """CLIP zero-shot colour/shape labels of the given samples from their stored image embeddings, with
     the toy world's class prompts encoded by the dataset's own CLIP."""
     if ds.samples.img_emb is None:
         return {}, "no embeddings published"
     try:
-        from .toyworld.clip_eval import ZERO_SHOT
-
         embedder = _clip_embedder((ds.provenance.get("job_spec") or {}).get("clip"))
     except Exception as e:  # noqa: BLE001 - weights not reachable from here: the section says so
         return {}, f"the dataset's CLIP could not be loaded here ({type(e).__name__}: {e})"
     emb = M.normalise(ds.samples.img_emb[rows])
     out: dict[str, dict[int, str]] = {}
-    for attr, (names, templates) in ZERO_SHOT.items():
-        labels = list(names)
-        cls = np.stack([embedder.text_embeddings([t.format(names[c]) for t in templates]).mean(0) for c in labels])
-        cls = M.normalise(cls)
+    for attr, prompts in _zero_shot_vocab().items():
+        labels = list(prompts)
+        cls = M.normalise(np.stack([embedder.text_embeddings(prompts[c]).mean(0) for c in labels]))
+        if cls.shape[1] != emb.shape[1]:
+            return {}, (f"the CLIP named in provenance embeds text in {cls.shape[1]} dimensions, the published image "
+                        f"embeddings have {emb.shape[1]}")
         pred = (emb @ cls.T).argmax(1)
         out[attr] = {r: labels[p] for r, p in zip(rows, pred)}
     return out, ""
@@ -965,11 +986,14 @@ def _group_attr_plot(plt: Any, p: dict[str, Any]) -> str | None:
               (("before", "before curation", "#4C72B0"), ("after", "after curation", "#DD8452"),
                ("judge", "judge (published)", "#55A868")) if p.get(key)]
     attrs = list(dict.fromkeys(a for _, d, _ in series for a in d))
+    informative = [a for a in attrs if any(len(d.get(a, {})) > 1 or "unknown" in d.get(a, {}) for _, d, _ in series)]
     # attributes both sources know first, so CLIP's and the judge's views sit side by side
-    attrs = sorted(attrs, key=lambda a: -sum(a in d for _, d, _ in series))[:MAX_ATTRS_PLOTTED]
+    attrs = sorted(informative or attrs[:1], key=lambda a: -sum(a in d for _, d, _ in series))[:MAX_ATTRS_PLOTTED]
     if not attrs:
         return None
-    fig, axes = plt.subplots(1, len(attrs), figsize=(2.0 * len(attrs) + 0.6, 1.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(attrs), figsize=(1.9 * len(attrs) + 1.3, 1.9), squeeze=False)
+    fig.subplots_adjust(left=0.55 / (1.9 * len(attrs) + 1.3), right=1 - 1.1 / (1.9 * len(attrs) + 1.3), bottom=0.3,
+                        top=0.88, wspace=0.35)
     for ax, attr in zip(axes[0], attrs):
         here = [(n, d[attr], c) for n, d, c in series if attr in d]
         cats = sorted({c for _, dist, _ in here for c in dist})
@@ -989,7 +1013,7 @@ def _group_attr_plot(plt: Any, p: dict[str, Any]) -> str | None:
     handles = {h.get_label(): h for ax in axes[0] for h in ax.containers}
     axes[0][-1].legend(list(handles.values()), list(handles), fontsize=6, frameon=False, loc="upper left",
                        bbox_to_anchor=(1.0, 1.0))
-    return _fig_uri(fig)
+    return _fig_uri(fig, tight=False)
 
 
 def _clip_box(plt: Any, ds: Dataset, groups: list[str], dv: DecisionView | None) -> str | None:

@@ -145,6 +145,13 @@ def test_bootstrap_mean_ci_covers_truth_at_nominal_rate():
         hits += lo <= 2.0 <= hi
     assert hits >= 0.9 * 200
     assert m.bootstrap_ci([5.0] * 10) == (5.0, 5.0)
+    v = r.normal(size=500)
+    whole = m.bootstrap_ci(v, seed=4)
+    m_chunk, m.BOOT_CHUNK = m.BOOT_CHUNK, 700  # one resample per chunk: same stream, same interval
+    try:
+        assert m.bootstrap_ci(v, seed=4) == pytest.approx(whole, abs=1e-12)
+    finally:
+        m.BOOT_CHUNK = m_chunk
     assert m.bootstrap_ci([1.0, 2.0, 3.0], seed=1) == m.bootstrap_ci([1.0, 2.0, 3.0], seed=1)
 
 
