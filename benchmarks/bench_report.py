@@ -90,8 +90,8 @@ def build_dataset(out: Path, n: int, seed: int = 0) -> None:
     kept = rng.random(n) >= P_REJECT
     store = Store(str(out))
     writer = ShardWriter(store, "bench", ["webdataset", "parquet"], 1000, 1 << 30)
-    gen = {"backend": "diffusion", "model": "bench/toyworld-procedural", "weights_sha256": "0" * 64,
-           "pipeline_class": "procedural", "scheduler": "none", "dtype": "float32", "device_type": "cpu"}
+    gen = {"backend": "procedural", "model": "toyworld.render (stands in for a generator)", "weights_sha256": None,
+           "pipeline_class": "pipelines.toyworld.world", "scheduler": "-", "dtype": "float32", "device_type": "cpu"}
     job = {"name": "bench", "fingerprint": f"bench{n}"}
     for i, r in enumerate(rows):
         r["clip_score"] = float(scores[i])

@@ -963,6 +963,7 @@ def _curation_section(ds: Dataset) -> dict[str, Any]:
 
 def _bar_h(plt: Any, items: dict[str, float], title: str, xlabel: str, color: str = "#4C72B0",
            base: float = 0.0) -> str | None:
+    items = {k: float(v) for k, v in items.items() if v is not None and math.isfinite(float(v))}
     if not items:
         return None
     names = list(items)
@@ -982,6 +983,8 @@ def _bar_h(plt: Any, items: dict[str, float], title: str, xlabel: str, color: st
 
 def _group_attr_plot(plt: Any, p: dict[str, Any]) -> str | None:
     """Per perceived attribute: shares with 95% intervals, one bar per source (before, after, judge)."""
+    from matplotlib.container import BarContainer
+
     series = [(name, p[key], colour) for key, name, colour in
               (("before", "before curation", "#4C72B0"), ("after", "after curation", "#DD8452"),
                ("judge", "judge (published)", "#55A868")) if p.get(key)]
@@ -1010,7 +1013,8 @@ def _group_attr_plot(plt: Any, p: dict[str, Any]) -> str | None:
         ax.set_ylim(0, 1.05)
         ax.set_title(attr, fontsize=8)
     axes[0][0].set_ylabel("share (95% CI)", fontsize=8)
-    handles = {h.get_label(): h for ax in axes[0] for h in ax.containers}
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.containers
+               if isinstance(h, BarContainer) and not h.get_label().startswith("_")}
     axes[0][-1].legend(list(handles.values()), list(handles), fontsize=6, frameon=False, loc="upper left",
                        bbox_to_anchor=(1.0, 1.0))
     return _fig_uri(fig, tight=False)
@@ -1037,9 +1041,9 @@ def _clip_box(plt: Any, ds: Dataset, groups: list[str], dv: DecisionView | None)
     horiz = {"orientation": "horizontal"} if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10) \
         else {"vert": False}
     if before is not None:
-        ax.boxplot([b or [np.nan] for b in before], positions=pos - 0.18, widths=0.3, **horiz,
+        ax.boxplot([b for b in before], positions=pos - 0.18, widths=0.3, **horiz,
                    patch_artist=True, boxprops={"facecolor": "#4C72B0", "alpha": 0.6}, showfliers=False)
-    ax.boxplot([a or [np.nan] for a in after], positions=pos + (0.18 if before is not None else 0), widths=0.3,
+    ax.boxplot([a for a in after], positions=pos + (0.18 if before is not None else 0), widths=0.3,
                **horiz, patch_artist=True, boxprops={"facecolor": "#DD8452", "alpha": 0.8}, showfliers=False)
     ax.set_yticks(pos, groups, fontsize=7)
     ax.invert_yaxis()
@@ -1050,7 +1054,8 @@ def _clip_box(plt: Any, ds: Dataset, groups: list[str], dv: DecisionView | None)
 
 def _hist(plt: Any, series: list[tuple[str, np.ndarray, str]], title: str, xlabel: str,
           vline: float | None = None) -> str | None:
-    series = [(n, np.asarray(v, np.float64), c) for n, v, c in series if len(v)]
+    series = [(n, v[np.isfinite(v)], c) for n, v, c in ((n, np.asarray(v, np.float64), c) for n, v, c in series)]
+    series = [x for x in series if len(x[1])]
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 2.6))

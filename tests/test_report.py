@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines import metrics as M
 from pipelines import report as R
 from pipelines.storage import Store
 
@@ -277,3 +278,15 @@ def test_deterministic_choice_and_thumbnails():
 
     im = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert max(im.size) == R.THUMB_MAX
+
+
+def test_plots_survive_empty_and_nan_inputs():
+    """A prompt group whose samples were all rejected has no Vendi score, no CLIPScores: plots skip it."""
+    plt = R._plt()
+    assert R._bar_h(plt, {"empty group": float("nan"), "g": 2.0, "none": None}, "t", "x").startswith("data:image/png")
+    assert R._bar_h(plt, {"empty group": float("nan")}, "t", "x") is None
+    assert R._hist(plt, [("a", np.array([np.nan, 0.5, 0.7]), "#000000")], "t", "x", 0.9).startswith("data:")
+    assert R._hist(plt, [("a", np.array([np.nan]), "#000000")], "t", "x") is None
+    assert R._rates_plot(plt, {"a": {"n": 0, "rate": None, "lo": None, "hi": None}}, "t") is None
+    p = {"after": {"colour": M.proportions_ci([], ["red", "blue"])}, "judge": {}}
+    assert R._group_attr_plot(plt, p) is None or R._group_attr_plot(plt, p).startswith("data:")

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines import report as R
@@ -106,4 +107,20 @@ def test_report_renders_in_headless_chromium(tmp_path_factory, tiny_models, ray_
 
     with Image.open(shot) as im:
         assert im.size == (1280, height)
-        assert len(set(im.convert("L").resize((64, 64)).getdata())) > 20  # rendered content, not a blank page
+        assert len(np.unique(np.asarray(im.convert("L").resize((64, 64))))) > 20  # content, not a blank page
+
+
+def test_the_probe_catches_broken_images_and_errors(tmp_path):
+    """The checks above can fail: a page with an undecodable image and a script error is caught."""
+    exe = _chromium()
+    page = tmp_path / "bad.html"
+    page.write_text('<html><head><title>x</title></head><body><section id="summary"></section>'
+                    '<img alt="broken" src="data:image/png;base64,AAAA"><script>undefinedFunction();</script>'
+                    '</body></html>')
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("<head>", "<head>" + PROBE, 1))
+    res = _run(exe, ["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], tmp_path / "p")
+    result = json.loads(htmllib.unescape(re.search(r'<pre id="__probe">(.*?)</pre>', res.stdout, re.S).group(1)))
+    assert result["broken"] and "broken" in result["broken"][0]
+    assert any("undefinedFunction" in e for e in result["errors"])
+    assert any("undefinedFunction" in ln for ln in _console_lines(res.stderr))
