@@ -25,7 +25,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--enable-logging=stderr", "--v=0"]
 
 # Injected into a copy of the page only: records JS errors, failed resources and console.error calls,
-# then, after load (with every <details> opened), decodes every image and writes the result into the DOM.
+# then, on load, checks every image (also those inside closed <details>) and writes the result into the DOM.
 PROBE = """<script>
 window.__errors = [];
 window.addEventListener('error', function (e) {
@@ -35,18 +35,15 @@ window.addEventListener('error', function (e) {
 var __ce = console.error;
 console.error = function () { __errors.push('console.error ' + Array.from(arguments).join(' ')); __ce.apply(console, arguments); };
 window.addEventListener('load', function () {
-  document.querySelectorAll('details').forEach(function (d) { d.open = true; });
+  // the load event waits for every <img> (data: URIs included), so each has either decoded its size or failed
   var imgs = Array.from(document.images);
-  Promise.all(imgs.map(function (i) {
-    return i.decode().then(function () { return i.naturalWidth > 0 ? null : 'zero-width ' + i.alt; },
-                           function () { return 'decode-failed ' + i.alt; });
-  })).then(function (bad) {
-    var out = {images: imgs.length, broken: bad.filter(Boolean), errors: __errors,
-               sections: Array.from(document.querySelectorAll('section[id]')).map(function (s) { return s.id; }),
-               height: document.documentElement.scrollHeight};
-    var pre = document.createElement('pre'); pre.id = '__probe'; pre.textContent = JSON.stringify(out);
-    document.body.appendChild(pre);
-  });
+  var bad = imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; })
+                .map(function (i) { return 'not-decoded ' + i.alt; });
+  var out = {images: imgs.length, broken: bad, errors: __errors,
+             sections: Array.from(document.querySelectorAll('section[id]')).map(function (s) { return s.id; }),
+             height: document.documentElement.scrollHeight};
+  var pre = document.createElement('pre'); pre.id = '__probe'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
 });
 </script>"""
 
