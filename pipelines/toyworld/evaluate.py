@@ -22,11 +22,13 @@ from PIL import Image, ImageDraw
 from pipelines.toyworld.clip_eval import image_features, zero_shot
 from pipelines.toyworld.data import EvalPrompt, audit_prompts, eval_prompts
 from pipelines.toyworld.judge import agreement, judge
-from pipelines.toyworld.models import GAN_DIR, load_clip, load_diffusion
+from pipelines.toyworld.models import DIFFUSION_DEFAULTS, GAN_DIR, load_clip, load_diffusion
 from pipelines.toyworld.world import PLANTED_SKEW
 
 HERE = Path(__file__).parent
-STEPS, GUIDANCE, SIZE, BATCH = 15, 4.0, 32, 8
+STEPS = int(DIFFUSION_DEFAULTS["num_inference_steps"])
+GUIDANCE = float(DIFFUSION_DEFAULTS["guidance_scale"])
+SIZE, BATCH = int(DIFFUSION_DEFAULTS["height"]), 8
 BARS = {("shapes", "colour"): 0.8, ("shapes", "shape"): 0.6, ("shapes", "position"): 0.6,
         ("phantom", "nodule"): 0.8, ("phantom", "nodule_side"): 0.7}
 

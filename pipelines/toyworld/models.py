@@ -19,6 +19,8 @@ CLIP_CONFIG = CLIP_DIR / f"{CLIP_NAME}.json"
 CLIP_WEIGHTS = CLIP_DIR / f"{CLIP_NAME}.safetensors"
 CLIP_TOKENIZER = CLIP_DIR / "tokenizer"
 GAN_DIR = ASSETS / "gan"
+# Settings the toy diffusion model was tuned and measured with (REPORT.md).
+DIFFUSION_DEFAULTS = {"num_inference_steps": 15, "guidance_scale": 4.0, "height": 32, "width": 32}
 
 
 def clip_context_length() -> int:

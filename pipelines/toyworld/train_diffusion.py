@@ -24,13 +24,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from pipelines.toyworld.captions import caption
 from pipelines.toyworld.data import render_examples, training_examples
-from pipelines.toyworld.models import CLIP_TOKENIZER, DIFFUSION_DIR
+from pipelines.toyworld.models import CLIP_TOKENIZER, DIFFUSION_DEFAULTS, DIFFUSION_DIR
 from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
 
 SEED = 0
 N_TRAIN = 30000
-VAE_STEPS, VAE_BATCH, VAE_LR = 1500, 64, 1e-3
-UNET_STEPS, UNET_BATCH, UNET_LR = 1800, 64, 5e-4
+VAE_STEPS, VAE_BATCH, VAE_LR = 1200, 32, 1e-3
+UNET_STEPS, UNET_BATCH, UNET_LR = 3000, 64, 5e-4
 P_DROP_CAPTION = 0.1
 EMA = 0.998
 MIN_SNR_GAMMA = 5.0
@@ -43,8 +43,8 @@ def build_vae() -> AutoencoderKL:
     return AutoencoderKL(
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
-        norm_num_groups=16, sample_size=32, mid_block_add_attention=False, force_upcast=False)
+        block_out_channels=(24, 48), layers_per_block=1, latent_channels=4,
+        norm_num_groups=8, sample_size=32, mid_block_add_attention=False, force_upcast=False)
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
@@ -60,7 +60,7 @@ def build_unet() -> UNet2DConditionModel:
     """UNet over 16x16x4 latents: convolution only at 16x16, cross-attention at 8x8 and 4x4."""
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(64, 128, 128), norm_num_groups=16,
+        block_out_channels=(32, 64, 64), norm_num_groups=16,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64, attention_head_dim=32,
@@ -158,11 +158,37 @@ def assemble(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTok
              unet: UNet2DConditionModel) -> StableDiffusionPipeline:
     """The stock pipeline with a DPM-Solver++ scheduler and no safety checker."""
     scheduler = DPMSolverMultistepScheduler(**SCHEDULE, algorithm_type="dpmsolver++",
-                                            solver_order=2)
+                                            solver_order=2, steps_offset=1)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, image_encoder=None,
                                    requires_safety_checker=False)
+
+
+README = """# Toy text-to-image model (diffusers format)
+
+A stock `StableDiffusionPipeline` trained on the toy world by
+`python -m pipelines.toyworld.train diffusion` (`pipelines/toyworld/train_diffusion.py`):
+CLIP tokenizer with a reduced BPE vocabulary ({vocab} tokens, context {context}), a 2-layer
+64-wide CLIPTextModel, an AutoencoderKL (32x32x3 <-> 16x16x4), a UNet2DConditionModel with
+cross-attention at 8x8 and 4x4, and a DPMSolverMultistepScheduler. No safety checker or
+feature extractor.
+
+Load and call (offline):
+
+```python
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("pipelines/toyworld/assets/diffusion", local_files_only=True)
+out = pipe(prompt=["a red circle on the left"], negative_prompt=None,
+           num_inference_steps={num_inference_steps}, guidance_scale={guidance_scale},
+           height={height}, width={width},
+           generator=[torch.Generator().manual_seed(0)], output_type="np")
+```
+
+Recommended: {num_inference_steps} steps, guidance {guidance_scale}, {height}x{width} (the training
+size; other multiples of 2 run but are out of distribution). Prompts use the toy world's
+vocabulary (`pipelines/toyworld/captions.py`); measured quality is in `pipelines/toyworld/REPORT.md`.
+"""
 
 
 def train(vae_steps: int = VAE_STEPS, unet_steps: int = UNET_STEPS) -> dict:
@@ -181,6 +207,8 @@ def train(vae_steps: int = VAE_STEPS, unet_steps: int = UNET_STEPS) -> dict:
     if DIFFUSION_DIR.exists():
         shutil.rmtree(DIFFUSION_DIR)
     pipe.save_pretrained(str(DIFFUSION_DIR), safe_serialization=True)
+    (DIFFUSION_DIR / "README.md").write_text(README.format(
+        vocab=len(tokenizer), context=tokenizer.model_max_length, **DIFFUSION_DEFAULTS))
     progress.curves |= {"vae_mse": vae_progress.curves["mse"]}
     with torch.no_grad():
         held = images[-512:]
