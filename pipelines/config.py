@@ -90,6 +90,8 @@ class PoolSpec(Strict):
     num_cpus: float = Field(default=0.5, ge=0.0)
     num_gpus: float = Field(default=0.0, ge=0.0)
     torch_threads: int = Field(default=1, ge=1)
+    max_units_in_flight: int = Field(default=2, ge=1, description="Units queued per actor: 2 overlaps "
+                                     "I/O with compute; more lets one early actor take the whole queue.")
 
 
 class ResourcesSpec(Strict):

@@ -86,12 +86,14 @@ def run_units(spec: JobSpec, units: list[WorkUnit], staging: Staging, quiet: boo
     ds = (
         ray.data.from_items(items, override_num_blocks=len(items))
         .map_batches(
-            GenerateActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=gen_pool.size),
+            GenerateActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=gen_pool.size,
+                                                                     max_tasks_in_flight_per_actor=gen_pool.max_units_in_flight),
             num_cpus=gen_pool.num_cpus, num_gpus=gen_pool.num_gpus,
             fn_constructor_kwargs={"gen": spec.generator.model_dump(), "torch_threads": gen_pool.torch_threads},
         )
         .map_batches(
-            EmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=emb_pool.size),
+            EmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=emb_pool.size,
+                                                                     max_tasks_in_flight_per_actor=emb_pool.max_units_in_flight),
             num_cpus=emb_pool.num_cpus, num_gpus=emb_pool.num_gpus,
             fn_constructor_kwargs={"clip": spec.clip.model_dump(), "torch_threads": emb_pool.torch_threads},
         )
