@@ -104,6 +104,17 @@ def _embeddings(light: pa.Table) -> np.ndarray:
     return flat.reshape(len(col), -1)
 
 
+def _settings(cur: Any) -> dict[str, Any]:
+    """The curation spec as run, credentials in storage options redacted."""
+    from .provenance import redact
+
+    out = cur.model_dump()
+    for key in ("prior_datasets", "references"):
+        for item in out[key]:
+            item["storage_options"] = redact(item["storage_options"])
+    return out
+
+
 def _nullable(a: np.ndarray, missing: Any = -1) -> list[Any]:
     return [None if (v == missing or (isinstance(v, float) and np.isnan(v))) else v.item() for v in a]
 
@@ -114,7 +125,7 @@ def decide(light: pa.Table, spec: "JobSpec", screened: list[dict[str, Any]]) -> 
     cur = spec.curation
     st = _State(light)
     n = st.n
-    summary: dict[str, Any] = {"version": 1, "settings": cur.model_dump(), "stages": []}
+    summary: dict[str, Any] = {"version": 1, "settings": _settings(cur), "stages": []}
     emb = _embeddings(light) if n else np.zeros((0, 0), np.float32)
     sha = light.column("pixel_sha256").to_pylist()
     ph = light.column("phash").to_pylist() if "phash" in light.column_names else [None] * n

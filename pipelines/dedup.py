@@ -83,8 +83,8 @@ def _u64(codes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(codes).view(">u8").ravel().astype(np.uint64)
 
 
-def _chunk_bounds(r: int) -> list[tuple[int, int]]:
-    edges = np.linspace(0, PHASH_BITS, r + 2).round().astype(int)
+def _chunk_bounds(m: int) -> list[tuple[int, int]]:
+    edges = np.linspace(0, PHASH_BITS, m + 1).round().astype(int)
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
@@ -92,15 +92,40 @@ def _chunk_keys(u: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return (u >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
 
 
+def _schemes(r: int) -> dict[str, list[tuple[int, int, int | None]]]:
+    """Exact candidate schemes as rounds ``(lo, hi, cleared bit)``: codes sharing a round's key are
+    compared. ``mih0``: r + 1 chunks, some chunk is equal (pigeonhole). ``mih1``: ceil((r + 1) / 2)
+    wider chunks, some chunk differs in at most one bit, found by clearing each bit in turn."""
+    m1 = max(1, -(-(r + 1) // 2))
+    return {"mih0": [(lo, hi, None) for lo, hi in _chunk_bounds(r + 1)],
+            "mih1": [(lo, hi, b) for lo, hi in _chunk_bounds(m1) for b in range(hi - lo)]}
+
+
+def _round_key(u: np.ndarray, lo: int, hi: int, bit: int | None) -> np.ndarray:
+    k = _chunk_keys(u, lo, hi)
+    return k if bit is None else k & ~np.uint64(1 << bit)
+
+
+def _sum_g2(key: np.ndarray) -> float:
+    _, counts = np.unique(key, return_counts=True)
+    return float((counts.astype(np.float64) ** 2).sum()) / 2
+
+
 def hamming_cost(codes: np.ndarray, r: int) -> dict[str, float]:
-    """Estimated seconds of each exact method on this machine class (used to pick one)."""
+    """Estimated seconds of each exact method on this machine class (used to pick one): sorting
+    per round plus candidate pairs; a round of ``mih1`` is measured on one bit per chunk."""
     n = len(codes)
     u = _u64(codes)
-    group_pairs = 0.0
-    for lo, hi in _chunk_bounds(r):
-        _, counts = np.unique(_chunk_keys(u, lo, hi), return_counts=True)
-        group_pairs += float((counts.astype(np.float64) ** 2).sum()) / 2
-    return {"flat": n * n / 2 / 1.5e9, "multi_index": group_pairs / 6e7 + n * (r + 1) / 5e6}
+    cost = {"flat": n * n / 2 / 1.5e9}
+    for name, rounds in _schemes(r).items():
+        seen: dict[tuple[int, int], float] = {}
+        pairs = 0.0
+        for lo, hi, bit in rounds:
+            if (lo, hi) not in seen:
+                seen[(lo, hi)] = _sum_g2(_round_key(u, lo, hi, bit))
+            pairs += seen[(lo, hi)]
+        cost[name] = len(rounds) * n * 1.2e-7 + pairs * 5e-8
+    return cost
 
 
 def hamming_pairs_flat(codes: np.ndarray, r: int) -> Pairs:
@@ -124,44 +149,52 @@ def hamming_pairs_flat(codes: np.ndarray, r: int) -> Pairs:
     return Pairs(np.concatenate(ii), np.concatenate(jj), np.concatenate(dd))
 
 
-def hamming_pairs_multi_index(codes: np.ndarray, r: int) -> Pairs:
-    """Exact multi-index hashing: split the 64 bits into ``r + 1`` chunks; two codes within distance
-    ``r`` agree on at least one chunk (pigeonhole), so only codes sharing a chunk value are compared.
-    Sort once per chunk, then compare each code with the next ones of its group (vectorised)."""
-    n = len(codes)
+def _equal_key_pairs(u: np.ndarray, key: np.ndarray, r: int, out: list[list[np.ndarray]]) -> None:
+    """Pairs within distance ``r`` among codes with equal ``key``: one sort, then each code against
+    the next ones of its group, one vectorised pass per offset."""
+    n = len(u)
+    composite = np.sort((key.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64))
+    order = (composite & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    ks = composite >> np.uint64(32)
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    left = np.repeat(sizes, sizes) - (np.arange(n) - np.repeat(starts, sizes)) - 1  # later codes in group
+    active = np.flatnonzero(left > 0)
+    off = 1
+    while len(active):
+        a, b = order[active], order[active + off]
+        d = np.bitwise_count(u[a] ^ u[b])
+        hit = d <= r
+        if hit.any():
+            out[0].append(a[hit])
+            out[1].append(b[hit])
+            out[2].append(d[hit].astype(np.int32))
+        off += 1
+        active = active[left[active] >= off]
+
+
+def hamming_pairs_multi_index(codes: np.ndarray, r: int, scheme: str = "mih0") -> Pairs:
+    """Exact multi-index hashing (see ``_schemes``): only codes that share a round's key are
+    compared, and every pair within distance ``r`` shares the key of at least one round."""
+    if len(codes) >= 2**32:
+        raise ValueError("at most 2^32 codes")
     u = _u64(codes)
-    ii, jj, dd = [], [], []
-    for lo, hi in _chunk_bounds(r):
-        key = _chunk_keys(u, lo, hi)
-        order = np.argsort(key, kind="stable")
-        ks = key[order]
-        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-        sizes = np.diff(np.r_[starts, n])
-        left = np.repeat(sizes, sizes) - (np.arange(n) - np.repeat(starts, sizes)) - 1  # later codes in group
-        active = np.flatnonzero(left > 0)
-        off = 1
-        while len(active):
-            a, b = order[active], order[active + off]
-            d = np.bitwise_count(u[a] ^ u[b])
-            hit = d <= r
-            if hit.any():
-                ii.append(a[hit])
-                jj.append(b[hit])
-                dd.append(d[hit].astype(np.int32))
-            off += 1
-            active = active[left[active] >= off]
-    if not ii:
+    out: list[list[np.ndarray]] = [[], [], []]
+    for lo, hi, bit in _schemes(r)[scheme]:
+        _equal_key_pairs(u, _round_key(u, lo, hi, bit), r, out)
+    if not out[0]:
         return Pairs.empty(np.int32)
-    return _unique_pairs(np.concatenate(ii), np.concatenate(jj), np.concatenate(dd))
+    return _unique_pairs(*(np.concatenate(v) for v in out))
 
 
 def hamming_pairs(codes: np.ndarray, r: int, method: str = "auto") -> tuple[Pairs, str]:
-    """All pairs of codes within Hamming distance ``r`` (exact), by the cheaper index; (pairs, method)."""
+    """All pairs of codes within Hamming distance ``r`` (exact), by the cheapest index; (pairs, method)."""
     if method == "auto":
         cost = hamming_cost(codes, r) if len(codes) > 20000 else {"flat": 0.0}
         method = min(cost, key=cost.__getitem__)
-    fn = hamming_pairs_flat if method == "flat" else hamming_pairs_multi_index
-    return fn(codes, r), method
+    if method == "flat":
+        return hamming_pairs_flat(codes, r), method
+    return hamming_pairs_multi_index(codes, r, method), method
 
 
 # ------------------------------------------------------------------------------------- semantic
@@ -206,24 +239,48 @@ def _clusters_task(emb: np.ndarray, work: list[tuple[np.ndarray, np.ndarray]], t
     return [cluster_pairs(emb[m], m, threshold, emb[gs], gs) for m, gs in work]
 
 
-def kmeans_assign(emb: np.ndarray, k: int, seed: int, niter: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Two nearest centroids per row and their cosines, (n, 2) each: faiss spherical k-means
-    trained on a deterministic subsample, then an exact inner-product search of every row."""
+def _kmeans(x: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
+    """Normalised centroids of faiss spherical k-means (k <= len(x))."""
     import faiss
 
-    n, d = emb.shape
-    if k <= 1:
-        return np.zeros((n, 2), np.int64), np.tile([1.0, -np.inf], (n, 1))
-    max_train = 64 * k
-    rng = np.random.default_rng(seed)
-    train = emb if n <= max_train else emb[np.sort(rng.choice(n, max_train, replace=False))]
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=True, max_points_per_centroid=64,
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, max_points_per_centroid=64,
                       min_points_per_centroid=1, verbose=False)
-    km.train(np.ascontiguousarray(train, dtype=np.float32))
-    index = faiss.IndexFlatIP(d)
-    index.add(np.ascontiguousarray(km.centroids, np.float32))
-    sim, lab = index.search(np.ascontiguousarray(emb, dtype=np.float32), 2)
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    c = km.centroids.astype(np.float32)
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+
+
+def _top2(x: np.ndarray, centroids: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` (>= 2) nearest centroids of every row, padded with -1 / -inf."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    sim, lab = index.search(np.ascontiguousarray(x, np.float32), min(k, len(centroids)))
+    pad = k - lab.shape[1]
+    if pad:
+        lab = np.c_[lab, np.full((len(x), pad), -1)]
+        sim = np.c_[sim, np.full((len(x), pad), -np.inf)]
     return lab.astype(np.int64), sim
+
+
+def kmeans_assign(emb: np.ndarray, k: int, seed: int, niter: int = 10, dim: int = 64
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Two nearest of k spherical k-means centroids per row and their scores, (n, 2) each.
+
+    Wide embeddings are first projected on their top ``dim`` principal axes (fitted on a sample),
+    which makes training and assignment ~d/dim times cheaper; the projection is linear and
+    contracting, so near-duplicates stay together and the spill margin stays valid. faiss
+    k-means trains on a deterministic subsample (64 points per centroid); assignment is exact."""
+    n, d = emb.shape
+    rng = np.random.default_rng(seed)
+    train = emb if n <= 64 * k else emb[np.sort(rng.choice(n, 64 * k, replace=False))]
+    if d > dim:
+        fit = train[: min(len(train), 20000)].astype(np.float64)
+        _, _, vt = np.linalg.svd(fit - fit.mean(0), full_matrices=False)
+        proj = np.ascontiguousarray(vt[:dim].T, np.float32)
+        return _top2(np.ascontiguousarray(emb @ proj), _kmeans(train @ proj, k, seed, niter))
+    return _top2(emb, _kmeans(train, k, seed, niter))
 
 
 @dataclass

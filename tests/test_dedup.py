@@ -39,10 +39,12 @@ def test_hamming_indexes_equal_brute_force(r):
     truth = _brute_hamming(codes, r)
     assert truth  # planted pairs exist
     flat = dedup.hamming_pairs_flat(codes, r)
-    multi = dedup.hamming_pairs_multi_index(codes, r)
-    assert _set(flat) == truth and _set(multi) == truth
+    mih0 = dedup.hamming_pairs_multi_index(codes, r, "mih0")
+    mih1 = dedup.hamming_pairs_multi_index(codes, r, "mih1")
+    assert _set(flat) == truth and _set(mih0) == truth and _set(mih1) == truth
+    assert dedup.hamming_pairs(codes, r)[1] == "flat"  # small sets: exhaustive SIMD search
     bits = np.unpackbits(codes, axis=1).astype(np.int32)
-    for p in (flat, multi):
+    for p in (flat, mih0, mih1):
         assert all(int(np.abs(bits[a] - bits[b]).sum()) == d for a, b, d in zip(p.i[:50], p.j[:50], p.score[:50]))
 
 
