@@ -34,3 +34,28 @@ def test_gan_backend_follows_labels_and_is_batch_invariant():
     colour_ok = np.mean([judge(img).get("colour") == s.attributes["colour"] for s, img in zip(samples, together)])
     assert colour_ok >= 0.8, colour_ok
     assert backend.info["backend"] == "gan" and backend.info["weights_sha256"]
+
+
+TOY_CLIP = Path(__file__).resolve().parents[1] / "pipelines" / "toyworld" / "assets" / "clip"
+
+
+@pytest.mark.skipif(not (TOY_CLIP / "toy-clip.safetensors").exists(), reason="toy CLIP not built")
+def test_toy_clip_scores_matching_captions_above_shuffled_ones():
+    """Through the pipeline's own embed module: CLIPScore of an image's caption beats a mismatched one."""
+    from PIL import Image
+
+    from pipelines.config import ClipSpec
+    from pipelines.embed import ClipEmbedder, clip_score
+    from pipelines.toyworld.captions import caption
+    from pipelines.toyworld.world import render, sample_attributes
+
+    rng = np.random.default_rng(12345)
+    attrs = [sample_attributes(rng) for _ in range(200)]
+    images = [Image.fromarray(render(a, seed=1000 + i)) for i, a in enumerate(attrs)]
+    captions = [caption(a, rng)[0] for a in attrs]
+    e = ClipEmbedder(ClipSpec(model="toy-clip", pretrained=str(TOY_CLIP / "toy-clip.safetensors"),
+                              model_config_file=str(TOY_CLIP / "toy-clip.json"), tokenizer=str(TOY_CLIP / "tokenizer")))
+    img, txt = e.image_embeddings(images), e.text_embeddings(captions)
+    matched = clip_score(img, txt)
+    shuffled = clip_score(img, np.roll(txt, 1, axis=0))
+    assert np.mean(matched > shuffled) >= 0.9
