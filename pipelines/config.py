@@ -98,6 +98,9 @@ class ResourcesSpec(Strict):
     generate: PoolSpec = PoolSpec(size=2)
     embed: PoolSpec = PoolSpec(size=1, num_cpus=0.25)
     ray_num_cpus: int | None = Field(default=None, description="CPUs for a local cluster (default: all).")
+    actor_start_timeout_s: int = Field(default=600, ge=1, description="Wait this long for every pool actor to "
+                                       "start before streaming; past it, fail instead of hanging (a pool that "
+                                       "does not fit the cluster).")
 
 
 class OutputSpec(Strict):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .config import ClipSpec, GeneratorSpec, JobSpec, OutputSpec
+from .errors import SynthgenError
 from .plan import Sample, WorkUnit
 from .staging import Staging, from_ipc, to_ipc
 
@@ -81,6 +82,9 @@ def run_units(spec: JobSpec, units: list[WorkUnit], staging: Staging, quiet: boo
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet
     ctx.enable_operator_progress_bars = not quiet
+    # Start streaming only once every actor holds its model: work spreads over the whole pool, and
+    # a pool that cannot fit the cluster fails with an error instead of hanging.
+    ctx.wait_for_min_actors_s = spec.resources.actor_start_timeout_s
     gen_pool, emb_pool = spec.resources.generate, spec.resources.embed
     items = [{"unit_id": u.unit_id, "samples": json.dumps([s.to_dict() for s in u.samples])} for u in units]
     ds = (
@@ -103,6 +107,16 @@ def run_units(spec: JobSpec, units: list[WorkUnit], staging: Staging, quiet: boo
         )
     )
     t0 = time.perf_counter()
-    for row in ds.iter_rows():
-        row["elapsed_s"] = time.perf_counter() - t0
-        yield row
+    try:
+        for row in ds.iter_rows():
+            row["elapsed_s"] = time.perf_counter() - t0
+            yield row
+    except ray.exceptions.GetTimeoutError as e:
+        if "starting actors" not in str(e):
+            raise
+        raise SynthgenError(
+            f"actor pools did not start within {spec.resources.actor_start_timeout_s} s: the cluster lacks the "
+            f"resources they claim (generate: {gen_pool.size} x {gen_pool.num_cpus} CPU, {gen_pool.num_gpus} GPU; "
+            f"embed: {emb_pool.size} x {emb_pool.num_cpus} CPU, {emb_pool.num_gpus} GPU; cluster: "
+            f"{ray.cluster_resources()})"
+        ) from None

@@ -136,3 +136,16 @@ def test_a_failing_sample_is_recorded_and_the_rest_completes(tiny_models, ray_cl
     spec["max_failed_fraction"] = 0.5
     res = CliRunner().invoke(app, ["run", str(write_job(tmp_path / "job.yaml", spec)), "--quiet", "--overwrite"])
     assert res.exit_code == 0, res.output
+
+
+def test_an_actor_pool_that_cannot_fit_fails_clearly_instead_of_hanging(tiny_models, ray_cluster, tmp_path):
+    from pipelines.errors import SynthgenError
+
+    spec = job_dict(tiny_models, str(tmp_path / "ds"), resources={
+        "generate": {"size": 2, "num_cpus": 1.5, "torch_threads": 1},  # 3 CPUs on a 2-CPU cluster
+        "embed": {"size": 1, "num_cpus": 0.25, "torch_threads": 1}, "actor_start_timeout_s": 5})
+    t0 = time.time()
+    with pytest.raises(SynthgenError, match=r"actor pools did not start within 5 s.*generate: 2 x 1.5 CPU"):
+        run(JobSpec.model_validate(spec), quiet=True)
+    assert time.time() - t0 < 120
+    assert not (tmp_path / "ds" / "index.json").exists()
