@@ -5,6 +5,7 @@ wrote). Images stay in the shards until :func:`read_pngs` fetches the few the re
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
@@ -55,10 +56,10 @@ def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pa
     """The table at ``key`` (None when absent); requested columns the file lacks are skipped."""
     if not store.exists(key):
         return None
-    with store.fs.open(store.path(key), "rb") as f:
-        pf = pq.ParquetFile(f)
-        cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
-        return pf.read(columns=cols)
+    # Whole-object reads go through the store's retries (a flaky bucket must not break the report).
+    pf = pq.ParquetFile(io.BytesIO(store.read_bytes(key)))
+    cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+    return pf.read(columns=cols)
 
 
 def emb_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -95,7 +96,7 @@ def _shard_files(index: dict[str, Any]) -> list[ShardFiles]:
 
 def _iter_tar(store: Store, key: str, want: set[str]) -> Iterator[tuple[str, str, bytes]]:
     """(key, extension, bytes) of a webdataset tar's members with an extension in ``want``, streamed."""
-    with store.fs.open(store.path(key), "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
+    with tarfile.open(fileobj=io.BytesIO(store.read_bytes(key)), mode="r|") as tf:
         for member in tf:
             if not member.isfile():
                 continue

@@ -104,16 +104,15 @@ def _dataset_reference(url: str, store: Store) -> Reference:
 def _parquet_reference(url: str, store: Store, keys: list[str]) -> Reference:
     ids, embs, loc, clip = [], [], [], None
     for key in keys:
-        with store.fs.open(store.path(key), "rb") as f:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            col = "image_emb" if "image_emb" in names else "embedding" if "embedding" in names else None
-            if col is None:
-                continue
-            meta = pf.schema_arrow.metadata or {}
-            if b"synthgen.clip" in meta and clip is None:
-                clip = json.loads(meta[b"synthgen.clip"])
-            t = pf.read(columns=[c for c in ("sample_id", col) if c in names])
+        pf = pq.ParquetFile(io.BytesIO(store.read_bytes(key)))  # whole-object read, retried by the store
+        names = pf.schema_arrow.names
+        col = "image_emb" if "image_emb" in names else "embedding" if "embedding" in names else None
+        if col is None:
+            continue
+        meta = pf.schema_arrow.metadata or {}
+        if b"synthgen.clip" in meta and clip is None:
+            clip = json.loads(meta[b"synthgen.clip"])
+        t = pf.read(columns=[c for c in ("sample_id", col) if c in names])
         e = emb_matrix(t.column(col))
         sid = t.column("sample_id").to_pylist() if "sample_id" in t.column_names else \
             [f"{key}#{i}" for i in range(len(e))]
