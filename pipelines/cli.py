@@ -108,7 +108,7 @@ def run(
         return
     if res.already_published:
         typer.echo(f"already published (same job): {res.url}")
-    typer.echo(f"dataset: {res.url}")
+    typer.echo(f"dataset: {res.url}  (report: {res.url.rstrip('/')}/report.html; check: synthgen verify {res.url})")
     typer.echo(f"  samples: {res.counts['planned']} planned, {res.counts['kept']} kept, "
                f"{res.counts['rejected']} rejected; shards: {res.counts['shards']}")
     typer.echo(f"  units: {res.units_generated} generated, {res.units_reused} reused from staging; "
