@@ -82,6 +82,18 @@ def grid(images: np.ndarray, labels: list[str], path: Path, cols: int = 4, scale
     canvas.save(path)
 
 
+def grid_selection(prompts: list[EvalPrompt], per_group: int = 4) -> list[int]:
+    """A few evenly spaced samples of every prompt group, for the report grid."""
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for i, p in enumerate(prompts):
+        groups[p.group].append(i)
+    out = []
+    for group, idx in groups.items():
+        k = 3 * per_group if group in ("shapes", "phantom") else per_group
+        out += [idx[j] for j in np.linspace(0, len(idx) - 1, min(k, len(idx))).astype(int)]
+    return out
+
+
 def generation_speed(pipe: Any, prompts: list[EvalPrompt], repeats: int = 3) -> float:
     """Milliseconds per image at batch 8 with the recommended settings (median of runs)."""
     times = []
@@ -143,7 +155,7 @@ def main() -> None:
     results = {"diffusion": diffusion, "clip": evaluate_clip(images, prompts), "gan": evaluate_gan(),
                "planted_skew": PLANTED_SKEW}
     (HERE / "report_metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-    pick = list(range(0, 400, 25)) + list(range(400, 550, 19)) + list(range(550, len(prompts), 30))
+    pick = grid_selection(prompts)
     grid(images[pick], [prompts[i].prompt for i in pick], HERE / "report_diffusion_grid.png")
     from pipelines.toyworld.report import write_report_md
 

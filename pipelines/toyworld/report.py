@@ -70,7 +70,7 @@ def write_report_md(results: dict[str, Any], path: Path) -> None:
     ]
     for group, dist in d["unspecified"].items():
         text = ", ".join(f"{k} {_pct(v)}" for k, v in dist.items())
-        lines.append(f"| {group} | {text} |")
+        lines.append(f"| {group.replace('|', ' / ')} | {text} |")
     red = {g: dist.get(skew["value"], 0.0) for g, dist in d["unspecified"].items() if "|" in g}
     skewed_group = f"colour|{skew['shape']}"
     others = [v for k, v in red.items() if k != skewed_group]
@@ -106,14 +106,14 @@ def write_report_md(results: dict[str, Any], path: Path) -> None:
         "",
         "## Training (2 shared CPU cores, seeded; `python -m pipelines.toyworld.train all`)",
         "",
-        "| model | weights (MB) | train time (s) | steps |",
-        "|---|---|---|---|",
+        "| model | weights (MB) | train time (s) | steps | threads |",
+        "|---|---|---|---|---|",
     ]
     for name, directory, steps_key in (("diffusion", DIFFUSION_DIR, "unet_steps"),
                                        ("clip", CLIP_DIR, "steps"), ("gan", GAN_DIR, "steps")):
         t = _training(directory)
         lines.append(f"| {name} | {_size_mb(directory):.1f} | {t.get('train_seconds', '?')} | "
-                     f"{t.get(steps_key, '?')} |")
+                     f"{t.get(steps_key, '?')} | {t.get('threads', '?')} |")
     lines += ["", "Training curves and final metrics: `assets/*/training_loss.png`, "
               "`assets/*/training_metrics.json`. Times were measured on a CPU shared with "
               "other work, so they vary run to run; the step counts do not.", ""]

@@ -43,10 +43,13 @@ class Progress:
     every: int = 50
     curves: dict[str, list[float]] = field(default_factory=dict)
     start: float = field(default_factory=time.time)
+    end: float | None = None  # frozen at the last step, so later work is not counted
 
     def log(self, step: int, **values: float) -> None:
         for key, value in values.items():
             self.curves.setdefault(key, []).append(float(value))
+        if step == self.total - 1:
+            self.end = time.time()
         if step % self.every == 0 or step == self.total - 1:
             window = {k: np.mean(v[-self.every:]) for k, v in self.curves.items()}
             text = " ".join(f"{k}={v:.4f}" for k, v in window.items())
@@ -55,7 +58,7 @@ class Progress:
 
     @property
     def seconds(self) -> float:
-        return time.time() - self.start
+        return (self.end or time.time()) - self.start
 
 
 def write_report(directory: Path, progress: Progress, metrics: dict) -> None:
