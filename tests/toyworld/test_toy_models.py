@@ -68,6 +68,9 @@ def test_clip_and_diffusion_share_the_tokenizer(clip) -> None:  # noqa: ANN001
 def diffusion():  # noqa: ANN201
     from diffusers import DiffusionPipeline
 
+    if not (DIFFUSION_DIR / "model_index.json").exists():
+        # Absent (not broken): the trained weights are committed by `make toy-models` + commit.
+        pytest.skip(f"toy diffusion weights not committed yet at {DIFFUSION_DIR}")
     pipe = DiffusionPipeline.from_pretrained(str(DIFFUSION_DIR), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
