@@ -12,8 +12,14 @@ import re
 
 import numpy as np
 
-from pipelines.toyworld.world import (BACKGROUNDS, COLOURS, POSITION_ORDER, POSITIONS, SHAPES,
-                                      Attributes)
+from pipelines.toyworld.world import (
+    BACKGROUNDS,
+    COLOURS,
+    POSITION_ORDER,
+    POSITIONS,
+    SHAPES,
+    Attributes,
+)
 
 OBJECT_KEYS = ("shape", "colour", "size", "position")
 # Probability that an attribute is left out of a training caption.

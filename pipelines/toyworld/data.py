@@ -13,9 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.toyworld.captions import compose
-from pipelines.toyworld.world import (BACKGROUNDS, COLOURS, DEFAULT_SIZE, NODULE_SIDES,
-                                      NODULE_SIZES, POSITIONS, SHAPES, SIZES, Attributes,
-                                      ShapeSpec, render, sample_attributes)
+from pipelines.toyworld.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DEFAULT_SIZE,
+    NODULE_SIDES,
+    NODULE_SIZES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Attributes,
+    ShapeSpec,
+    render,
+    sample_attributes,
+)
 
 HELDOUT_MOD = 10  # one combination in ten is held out
 EVAL_SEED_OFFSET = 10_000_000  # image seeds of evaluation samples never collide with training

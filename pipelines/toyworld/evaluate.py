@@ -22,7 +22,12 @@ from PIL import Image, ImageDraw
 from pipelines.toyworld.clip_eval import image_features, zero_shot
 from pipelines.toyworld.data import EvalPrompt, audit_prompts, eval_prompts
 from pipelines.toyworld.judge import agreement, judge
-from pipelines.toyworld.models import DIFFUSION_DEFAULTS, GAN_DIR, load_clip, load_diffusion
+from pipelines.toyworld.models import (
+    DIFFUSION_DEFAULTS,
+    GAN_DIR,
+    load_clip,
+    load_diffusion,
+)
 from pipelines.toyworld.world import PLANTED_SKEW
 
 HERE = Path(__file__).parent

@@ -9,6 +9,7 @@ comes from a per-sample torch.Generator and BatchNorm runs on frozen statistics 
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipelines.toyworld.world import (BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES,
-                                      sample_colour)
+from pipelines.toyworld.world import (
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    sample_colour,
+)
 
 ATTRIBUTES: dict[str, list[str]] = {
     "shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES),
@@ -67,7 +74,7 @@ class Generator(nn.Module):
         cond = self.embed.out_dim
         self.fc = nn.Linear(z_dim + cond, base * 2 * 4 * 4)
         widths = [base * 2, base, base // 2, base // 4]
-        self.blocks = nn.ModuleList(FiLMBlock(a, b, cond) for a, b in zip(widths, widths[1:]))
+        self.blocks = nn.ModuleList(FiLMBlock(a, b, cond) for a, b in pairwise(widths))
         self.out = nn.Conv2d(widths[-1], 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

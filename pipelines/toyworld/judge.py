@@ -18,8 +18,18 @@ from PIL import Image
 from scipy import ndimage
 
 from pipelines.toyworld.captions import object_keys
-from pipelines.toyworld.world import (ANCHORS, BACKGROUNDS, COLOURS, NODULE_RADIUS, POSITION_ORDER,
-                                      RADIUS, SHAPES, _downsample, _grid, shape_mask)
+from pipelines.toyworld.world import (
+    ANCHORS,
+    BACKGROUNDS,
+    COLOURS,
+    NODULE_RADIUS,
+    POSITION_ORDER,
+    RADIUS,
+    SHAPES,
+    _downsample,
+    _grid,
+    shape_mask,
+)
 
 UNKNOWN = "unknown"
 CHROMA_MIN = 50.0  # chroma (max-min of RGB) separating a coloured shape from a grey background
@@ -151,7 +161,7 @@ def judge_phantom(img: np.ndarray) -> dict[str, str] | None:
     if body.sum() < 0.3 * side**2:
         return None
     threshold = _otsu(grey[body])
-    lung_labels, m = ndimage.label(body & (grey < threshold))
+    lung_labels, _ = ndimage.label(body & (grey < threshold))
     areas = np.bincount(lung_labels.ravel())[1:]
     lungs = [i + 1 for i in np.argsort(-areas)[:2] if areas[i] >= 0.03 * side**2]
     if len(lungs) != 2:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,8 @@ def full_merges() -> list[tuple[str, str]]:
     import open_clip
 
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    with gzip.open(path) as f:
+        lines = f.read().decode("utf-8").split("\n")
     lines = lines[1: 49152 - 256 - 2 + 1]  # the slice open_clip's SimpleTokenizer uses
     return [tuple(line.split()) for line in lines]  # type: ignore[misc]
 
@@ -59,7 +61,7 @@ def _bpe_merges_used(word: str, ranks: dict[tuple[str, str], int]) -> list[tuple
     parts = list(word[:-1]) + [word[-1] + "</w>"]
     used = []
     while len(parts) > 1:
-        pairs = {(a, b) for a, b in zip(parts, parts[1:])}
+        pairs = set(pairwise(parts))
         best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
         if best not in ranks:
             break
@@ -101,7 +103,7 @@ def reduced_vocab(words: set[str]) -> tuple[dict[str, int], list[tuple[str, str]
     return {t: i for i, t in enumerate(tokens)}, kept
 
 
-def build_tokenizer(context_length: int = CONTEXT_LENGTH):  # noqa: ANN201 - transformers type
+def build_tokenizer(context_length: int = CONTEXT_LENGTH):
     """A transformers `CLIPTokenizer` over the reduced vocabulary."""
     from transformers import CLIPTokenizer
 

@@ -18,10 +18,20 @@ from safetensors.torch import save_file
 from pipelines.toyworld.captions import caption, compose
 from pipelines.toyworld.clip_eval import image_features, pair_margin, zero_shot
 from pipelines.toyworld.data import heldout_images, render_examples, training_examples
-from pipelines.toyworld.models import (CLIP_CONFIG, CLIP_DIR, CLIP_NAME, CLIP_TOKENIZER,
-                                       CLIP_WEIGHTS)
+from pipelines.toyworld.models import (
+    CLIP_CONFIG,
+    CLIP_DIR,
+    CLIP_NAME,
+    CLIP_TOKENIZER,
+    CLIP_WEIGHTS,
+)
 from pipelines.toyworld.tokenizer import CONTEXT_LENGTH, save_tokenizer
-from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
+from pipelines.toyworld.training import (
+    Progress,
+    cosine_lr,
+    seed_everything,
+    write_report,
+)
 
 SEED = 0
 STEPS = 2000
@@ -53,7 +63,7 @@ def build_assets() -> None:
     CLIP_CONFIG.write_text(json.dumps(model_config(vocab_size), indent=2) + "\n")
 
 
-def evaluate(model, preprocess, tokenizer, n: int = 1000) -> dict[str, float]:  # noqa: ANN001
+def evaluate(model, preprocess, tokenizer, n: int = 1000) -> dict[str, float]:
     """Zero-shot colour/shape top-1 and matched-vs-mismatched caption wins on held-out images."""
     images, attrs = heldout_images(n)
     feats = image_features(model, preprocess, images)

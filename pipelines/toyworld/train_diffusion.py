@@ -19,19 +19,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
-                       StableDiffusionPipeline, UNet2DConditionModel)
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from pipelines.toyworld.captions import caption
 from pipelines.toyworld.data import render_examples, training_examples
 from pipelines.toyworld.models import CLIP_TOKENIZER, DIFFUSION_DEFAULTS, DIFFUSION_DIR
-from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
+from pipelines.toyworld.training import (
+    Progress,
+    cosine_lr,
+    seed_everything,
+    write_report,
+)
 
 SEED = 0
 N_TRAIN = 30000
 VAE_STEPS, VAE_BATCH, VAE_LR = 1200, 32, 1e-3
-UNET_STEPS, UNET_BATCH, UNET_LR = 4000, 64, 8e-4
+UNET_BATCH = 64
+# (steps, peak learning rate) per stage; each stage warms up and decays again (a warm restart
+# from the previous stage's EMA weights), so a later stage can be run on its own with --resume.
+UNET_STAGES = ((4000, 8e-4), (3000, 4e-4))
 P_DROP_CAPTION = 0.1
 EMA = 0.999
 # Zero terminal SNR with v-prediction: with the usual schedule the last training step still
@@ -116,20 +129,23 @@ def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: li
 
 
 def train_unet(latents: tuple[torch.Tensor, torch.Tensor], examples: list, tokenizer: CLIPTokenizer,
-               gen: torch.Generator, steps: int) -> tuple[UNet2DConditionModel, CLIPTextModel, Progress]:
-    """Joint UNet + text-encoder training on cached latents; returns the EMA weights."""
-    unet, text_encoder = build_unet(), build_text_encoder(tokenizer)
+               models: tuple[UNet2DConditionModel, CLIPTextModel], stage: int
+               ) -> tuple[UNet2DConditionModel, CLIPTextModel, Progress]:
+    """One stage of joint UNet + text-encoder training on cached latents; returns EMA weights."""
+    steps, peak_lr = UNET_STAGES[stage]
+    unet, text_encoder = (m.train() for m in models)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
-    opt = torch.optim.AdamW(params, lr=UNET_LR, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.01)
     scheduler = DDPMScheduler(**SCHEDULE)
-    rng = np.random.default_rng(SEED)
+    gen = torch.Generator().manual_seed(SEED + stage)  # per stage: a resumed stage is the same
+    rng = np.random.default_rng(SEED + stage)
     mean, std = latents
-    progress = Progress("unet", steps, every=25)
+    progress = Progress(f"unet stage {stage + 1}", steps, every=25)
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, UNET_LR, 200)
+            group["lr"] = cosine_lr(step, steps, peak_lr, 200)
         idx = torch.randint(len(mean), (UNET_BATCH,), generator=gen)
         x0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
         texts = ["" if rng.random() < P_DROP_CAPTION else caption(examples[i].attrs, rng)[0]
@@ -188,12 +204,13 @@ vocabulary (`pipelines/toyworld/captions.py`); measured quality is in `pipelines
 """
 
 
-def train(vae_steps: int = VAE_STEPS, unet_steps: int = UNET_STEPS,
-          reuse_vae: Path | None = None) -> dict:
-    """Train VAE then UNet + text encoder, save the pipeline and its training report.
+def train(vae_steps: int = VAE_STEPS, reuse_vae: Path | None = None,
+          resume: Path | None = None, first_stage: int = 0) -> dict:
+    """Train VAE then UNet + text encoder in stages, save the pipeline and its training report.
 
-    `reuse_vae` (a saved `vae/` folder) skips the VAE phase, to iterate on the UNet cheaply;
-    a release run trains both.
+    `reuse_vae` (a saved `vae/` folder) skips the VAE phase; `resume` (a saved pipeline folder)
+    with `first_stage` k starts from that pipeline's UNet and text encoder and runs stages
+    k, k+1, ... only. A release run from scratch runs everything.
     """
     gen = seed_everything(SEED)
     tokenizer = CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER))
@@ -206,29 +223,47 @@ def train(vae_steps: int = VAE_STEPS, unet_steps: int = UNET_STEPS,
     mean, std = encode_all(vae, images)
     vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
     scale = vae.config.scaling_factor
-    unet, text_encoder, progress = train_unet((mean * scale, std * scale), examples, tokenizer,
-                                              gen, unet_steps)
+    if resume is not None:
+        models = (UNet2DConditionModel.from_pretrained(str(resume / "unet")),
+                  CLIPTextModel.from_pretrained(str(resume / "text_encoder")))
+        previous = json.loads((resume / "training_metrics.json").read_text())
+        done = previous.get("stages", [])
+    else:
+        models, done = (build_unet(), build_text_encoder(tokenizer)), []
+    stages = list(done[:first_stage])
+    curves: dict[str, list[float]] = {}
+    for stage in range(first_stage, len(UNET_STAGES)):
+        unet, text_encoder, progress = train_unet((mean * scale, std * scale), examples,
+                                                  tokenizer, models, stage)
+        models = (copy.deepcopy(unet), copy.deepcopy(text_encoder))
+        curves[f"loss stage {stage + 1}"] = progress.curves["loss"]
+        stages.append({"stage": stage + 1, "steps": UNET_STAGES[stage][0],
+                       "peak_lr": UNET_STAGES[stage][1], "seconds": round(progress.seconds, 1),
+                       "final_loss": stages[-1]["final_loss"]})
+    progress.curves = curves
     pipe = assemble(vae, text_encoder, tokenizer, unet)
     if DIFFUSION_DIR.exists():
         shutil.rmtree(DIFFUSION_DIR)
     pipe.save_pretrained(str(DIFFUSION_DIR), safe_serialization=True)
     (DIFFUSION_DIR / "README.md").write_text(README.format(
         vocab=len(tokenizer), context=tokenizer.model_max_length, **DIFFUSION_DEFAULTS))
-    vae_seconds = 0.0
+    vae_seconds = vae_progress.seconds if vae_progress is not None else (
+        float(previous.get("vae_seconds", 0.0)) if resume is not None else 0.0)
     if vae_progress is not None:
         progress.curves |= {"vae_mse": vae_progress.curves["mse"]}
-        vae_seconds = vae_progress.seconds
     with torch.no_grad():
         held = images[-512:]
         recon = vae.decode(vae.encode(held).latent_dist.mean).sample
+    unet_seconds = sum(s["seconds"] for s in stages)
     metrics = {"seed": SEED, "train_images": N_TRAIN, "vae_steps": vae_steps,
-               "unet_steps": unet_steps, "batch": UNET_BATCH,
+               "unet_steps": sum(s["steps"] for s in stages), "batch": UNET_BATCH,
+               "stages": stages, "resumed_at_stage": first_stage + 1 if resume else None,
                "vae_seconds": round(vae_seconds, 1), "vae_reused": reuse_vae is not None,
-               "unet_seconds": round(progress.seconds, 1),
-               "train_seconds": round(vae_seconds + progress.seconds, 1),
+               "unet_seconds": round(unet_seconds, 1),
+               "train_seconds": round(vae_seconds + unet_seconds, 1),
                "vae_recon_psnr_db": float(10 * np.log10(4 / F.mse_loss(recon, held).item())),
                "latent_scaling_factor": scale,
-               "final_loss": float(np.mean(progress.curves["loss"][-100:]))}
+               "final_loss": stages[-1]["final_loss"]}
     write_report(DIFFUSION_DIR, progress, metrics)
     print(json.dumps(metrics, indent=2))
     return metrics
@@ -240,4 +275,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reuse-vae", type=Path, default=None,
                         help="a saved vae/ folder to use instead of training one")
-    train(reuse_vae=parser.parse_args().reuse_vae)
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="a saved pipeline folder whose UNet/text encoder a later stage starts from")
+    parser.add_argument("--first-stage", type=int, default=0, help="0-based stage to start at")
+    args = parser.parse_args()
+    train(reuse_vae=args.reuse_vae, resume=args.resume, first_stage=args.first_stage)

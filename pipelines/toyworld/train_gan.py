@@ -16,11 +16,22 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from pipelines.toyworld.data import render_examples, training_examples
-from pipelines.toyworld.gan import (ATTRIBUTES, DEFAULT_CONFIG, Generator, generate, label_tensor,
-                                    load_generator)
+from pipelines.toyworld.gan import (
+    ATTRIBUTES,
+    DEFAULT_CONFIG,
+    Generator,
+    generate,
+    label_tensor,
+    load_generator,
+)
 from pipelines.toyworld.judge import judge
 from pipelines.toyworld.models import GAN_DIR
-from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
+from pipelines.toyworld.training import (
+    Progress,
+    cosine_lr,
+    seed_everything,
+    write_report,
+)
 from pipelines.toyworld.world import P_TWO_SHAPES
 
 SEED = 0
@@ -64,7 +75,7 @@ def single_shape_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def evaluate(directory=GAN_DIR, n: int = 1000, seed: int = 5) -> dict[str, float]:  # noqa: ANN001
+def evaluate(directory=GAN_DIR, n: int = 1000, seed: int = 5) -> dict[str, float]:
     """Judge agreement of generated images with uniformly drawn conditioning labels."""
     model, config = load_generator(directory)
     rng = np.random.default_rng(seed)

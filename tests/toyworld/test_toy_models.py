@@ -16,15 +16,23 @@ from PIL import Image
 
 from pipelines.toyworld.data import heldout_images
 from pipelines.toyworld.judge import agreement, judge
-from pipelines.toyworld.models import (ASSETS, CLIP_CONFIG, CLIP_NAME, CLIP_TOKENIZER, CLIP_WEIGHTS,
-                                       DIFFUSION_DIR, GAN_DIR)
+from pipelines.toyworld.models import (
+    ASSETS,
+    CLIP_CONFIG,
+    CLIP_NAME,
+    CLIP_TOKENIZER,
+    CLIP_WEIGHTS,
+    DIFFUSION_DEFAULTS,
+    DIFFUSION_DIR,
+    GAN_DIR,
+)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
-def clip():  # noqa: ANN201
+def clip():
     import open_clip
     from open_clip.tokenizer import HFTokenizer
 
@@ -34,7 +42,7 @@ def clip():  # noqa: ANN201
     return model.eval(), preprocess, HFTokenizer(str(CLIP_TOKENIZER), context_length=context)
 
 
-def test_clip_zero_shot_beats_a_low_bar(clip) -> None:  # noqa: ANN001
+def test_clip_zero_shot_beats_a_low_bar(clip) -> None:
     from pipelines.toyworld.clip_eval import image_features, zero_shot
 
     model, preprocess, tokenizer = clip
@@ -46,7 +54,7 @@ def test_clip_zero_shot_beats_a_low_bar(clip) -> None:  # noqa: ANN001
         assert acc >= bar, (attribute, acc)
 
 
-def test_clip_preprocess_takes_pil_at_generation_sizes(clip) -> None:  # noqa: ANN001
+def test_clip_preprocess_takes_pil_at_generation_sizes(clip) -> None:
     model, preprocess, tokenizer = clip
     for side in (32, 64):
         x = preprocess(Image.new("RGB", (side, side), "white"))[None]
@@ -55,7 +63,7 @@ def test_clip_preprocess_takes_pil_at_generation_sizes(clip) -> None:  # noqa: A
     assert ids.shape == (2, json.loads(CLIP_CONFIG.read_text())["text_cfg"]["context_length"])
 
 
-def test_clip_and_diffusion_share_the_tokenizer(clip) -> None:  # noqa: ANN001
+def test_clip_and_diffusion_share_the_tokenizer(clip) -> None:
     from transformers import CLIPTokenizer
 
     if not (DIFFUSION_DIR / "tokenizer").exists():
@@ -67,7 +75,7 @@ def test_clip_and_diffusion_share_the_tokenizer(clip) -> None:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def diffusion():  # noqa: ANN201
+def diffusion():
     from diffusers import DiffusionPipeline
 
     if not (DIFFUSION_DIR / "model_index.json").exists():
@@ -78,19 +86,19 @@ def diffusion():  # noqa: ANN201
     return pipe
 
 
-def _diffuse(pipe, prompts: list[str], seeds: list[int]) -> np.ndarray:  # noqa: ANN001
-    out = pipe(prompt=prompts, negative_prompt=None, num_inference_steps=12, guidance_scale=4.0,
-               height=32, width=32, generator=[torch.Generator().manual_seed(s) for s in seeds],
-               output_type="np")
+def _diffuse(pipe, prompts: list[str], seeds: list[int]) -> np.ndarray:
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    out = pipe(prompt=prompts, negative_prompt=None, generator=generators, output_type="np",
+               **DIFFUSION_DEFAULTS)
     return np.clip(np.rint(out.images * 255), 0, 255).astype(np.uint8)
 
 
-def test_diffusion_is_a_stock_pipeline(diffusion) -> None:  # noqa: ANN001
+def test_diffusion_is_a_stock_pipeline(diffusion) -> None:
     assert type(diffusion).__name__ == "StableDiffusionPipeline"
     assert diffusion.safety_checker is None and diffusion.feature_extractor is None
 
 
-def test_diffusion_follows_prompts(diffusion) -> None:  # noqa: ANN001
+def test_diffusion_follows_prompts(diffusion) -> None:
     from pipelines.toyworld.captions import parse_caption
 
     prompts = ["a red circle on the left", "a blue square at the top on a white background",
@@ -99,12 +107,11 @@ def test_diffusion_follows_prompts(diffusion) -> None:  # noqa: ANN001
                "normal chest radiograph", "chest x-ray with a large nodule in the right lung"]
     images = _diffuse(diffusion, prompts, list(range(8)))
     checks = [agreement(parse_caption(p), judge(im)) for p, im in zip(prompts, images)]
-    colour = [c["colour"] for c in checks if "colour" in c]
-    domain = [c["domain"] for c in checks]
-    assert np.mean(domain) >= 0.75 and np.mean(colour) >= 0.5, checks
+    rate = {k: np.mean([c[k] for c in checks if k in c]) for k in ("domain", "colour", "position")}
+    assert rate["domain"] >= 0.75 and rate["colour"] >= 0.5 and rate["position"] >= 0.5, checks
 
 
-def test_diffusion_is_deterministic_per_seed(diffusion) -> None:  # noqa: ANN001
+def test_diffusion_is_deterministic_per_seed(diffusion) -> None:
     a = _diffuse(diffusion, ["a red circle", "a blue square"], [3, 4])
     b = _diffuse(diffusion, ["a red circle", "a blue square"], [3, 4])
     assert np.array_equal(a, b)

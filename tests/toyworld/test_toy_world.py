@@ -14,8 +14,14 @@ from pipelines.toyworld.captions import caption, compose, parse_caption
 from pipelines.toyworld.data import eval_prompts, is_held_out, training_examples
 from pipelines.toyworld.export import export
 from pipelines.toyworld.judge import agreement, judge
-from pipelines.toyworld.world import (COLOURS, PLANTED_SKEW, Attributes, ShapeSpec, render,
-                                      sample_attributes)
+from pipelines.toyworld.world import (
+    COLOURS,
+    PLANTED_SKEW,
+    Attributes,
+    ShapeSpec,
+    render,
+    sample_attributes,
+)
 
 
 def test_render_is_deterministic_and_seed_sensitive() -> None:
@@ -117,7 +123,7 @@ def test_held_out_combinations_never_reach_training() -> None:
 
 
 @pytest.mark.parametrize("kind", ["train", "reference"])
-def test_export_writes_pngs_and_parquet(tmp_path, kind: str) -> None:  # noqa: ANN001
+def test_export_writes_pngs_and_parquet(tmp_path, kind: str) -> None:
     path = export(tmp_path, kind, n=12, seed=1)
     table = pq.read_table(path).to_pylist()
     assert len(table) == 12
