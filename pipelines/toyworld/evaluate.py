@@ -63,6 +63,18 @@ def agreement_rates(prompts: list[EvalPrompt], verdicts: list[dict[str, str]]) -
     return {g: {k: hits[g][k] / counts[g][k] for k in counts[g]} for g in counts}
 
 
+def shape_by_colour(prompts: list[EvalPrompt], verdicts: list[dict[str, str]], skew: dict) -> dict[str, float]:
+    """Shape agreement per (shape, planted colour or other): shows whether the planted colour prior
+    leaks into shape (the planted colour pulling any shape towards the skewed one)."""
+    hits: dict[str, list[bool]] = collections.defaultdict(list)
+    for p, v in zip(prompts, verdicts):
+        if p.group == "shapes" and p.spec.get("colour") and p.spec.get("shape"):
+            tone = skew["value"] if p.spec["colour"] == skew["value"] else "other colours"
+            hits[f"{p.spec['shape']} / {tone}"].append(v.get("shape") == p.spec["shape"])
+    return {k: float(np.mean(hits[k])) for k in sorted(hits)} | {
+        f"{k} (n)": len(hits[k]) for k in sorted(hits)}
+
+
 def distribution(prompts: list[EvalPrompt], verdicts: list[dict[str, str]], attribute: str,
                  group: str) -> dict[str, float]:
     """Judged distribution of an attribute the prompts of `group` left unspecified."""
@@ -123,6 +135,7 @@ def evaluate_diffusion() -> tuple[dict[str, Any], np.ndarray, list[EvalPrompt]]:
     audit["nodule_side"] = distribution(audits, audit_v, "nodule_side", "nodule_side")
     metrics = {"samples": len(prompts), "audit_samples": len(audits), "steps": STEPS,
                "guidance": GUIDANCE, "size": SIZE, "agreement": rates, "unspecified": audit,
+               "shape_by_colour": shape_by_colour(prompts, main_v, PLANTED_SKEW),
                "ms_per_image_batch8": generation_speed(pipe, prompts),
                "threads": torch.get_num_threads()}
     return metrics, images, prompts + audits

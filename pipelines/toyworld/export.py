@@ -63,3 +63,16 @@ def export(out_dir: str | Path, kind: str = "train", n: int = 1000, seed: int = 
     path = out / f"{kind}.parquet"
     pq.write_table(pa.table(rows, schema=schema), path)
     return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export a toy-world image set (PNGs + Parquet).")
+    parser.add_argument("out_dir")
+    parser.add_argument("--kind", choices=KINDS, default="train")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    a = parser.parse_args()
+    print(export(a.out_dir, a.kind, a.n, a.seed, a.size))

@@ -52,6 +52,12 @@ def write_report_md(results: dict[str, Any], path: Path) -> None:
         for key, value in sorted(rates.items()):
             bar = BARS.get((group, key))
             lines.append(f"| {group} | {key} | {_mark(value, bar) if bar else _pct(value)} |")
+    by = d.get("shape_by_colour", {})
+    if by:
+        lines += ["", ("Shape agreement by the prompt's colour (the planted prior also teaches the "
+                  f"model that {skew['value']} suggests {skew['shape']}):"), "",
+                  "| shape / colour | shape agrees | n |", "|---|---|---|"]
+        lines += [f"| {k} | {_pct(v)} | {by[f'{k} (n)']} |" for k, v in by.items() if not k.endswith("(n)")]
     lines += [
         "",
         (f"Speed: {d['ms_per_image_batch8']:.1f} ms/image at batch 8 ({d['threads']} threads, "

@@ -44,7 +44,7 @@ VAE_STEPS, VAE_BATCH, VAE_LR = 1200, 32, 1e-3
 UNET_BATCH = 64
 # (steps, peak learning rate) per stage; each stage warms up and decays again (a warm restart
 # from the previous stage's EMA weights), so a later stage can be run on its own with --resume.
-UNET_STAGES = ((4000, 8e-4), (3000, 4e-4))
+UNET_STAGES = ((4000, 8e-4), (3000, 4e-4), (3000, 3e-4))
 P_DROP_CAPTION = 0.1
 EMA = 0.999
 # Zero terminal SNR with v-prediction: with the usual schedule the last training step still
@@ -227,7 +227,10 @@ def train(vae_steps: int = VAE_STEPS, reuse_vae: Path | None = None,
         models = (UNet2DConditionModel.from_pretrained(str(resume / "unet")),
                   CLIPTextModel.from_pretrained(str(resume / "text_encoder")))
         previous = json.loads((resume / "training_metrics.json").read_text())
-        done = previous.get("stages", [])
+        # a single-stage run's metrics predate the per-stage list: read it as stage 1
+        done = previous.get("stages") or [{
+            "stage": 1, "steps": previous["unet_steps"], "peak_lr": UNET_STAGES[0][1],
+            "seconds": previous["unet_seconds"], "final_loss": previous["final_loss"]}]
     else:
         models, done = (build_unet(), build_text_encoder(tokenizer)), []
     stages = list(done[:first_stage])
@@ -239,7 +242,7 @@ def train(vae_steps: int = VAE_STEPS, reuse_vae: Path | None = None,
         curves[f"loss stage {stage + 1}"] = progress.curves["loss"]
         stages.append({"stage": stage + 1, "steps": UNET_STAGES[stage][0],
                        "peak_lr": UNET_STAGES[stage][1], "seconds": round(progress.seconds, 1),
-                       "final_loss": stages[-1]["final_loss"]})
+                       "final_loss": float(np.mean(progress.curves["loss"][-100:]))})
     progress.curves = curves
     pipe = assemble(vae, text_encoder, tokenizer, unet)
     if DIFFUSION_DIR.exists():
