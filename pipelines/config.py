@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -308,7 +309,7 @@ def _resolve_relative(spec: dict[str, Any], base: Path) -> dict[str, Any]:
         if not v or "://" in v or Path(v).is_absolute():
             return v
         cand = base / v
-        return str(cand) if cand.exists() or v.startswith(".") else v
+        return os.path.normpath(cand) if cand.exists() or v.startswith(".") else v
 
     m = spec.get("manifest") or {}
     if isinstance(m, dict) and isinstance(m.get("path"), str):
