@@ -58,8 +58,9 @@ class ManifestSpec(Strict):
 
 
 class GeneratorSpec(Strict):
-    backend: Literal["diffusion", "gan"] = "diffusion"
-    model: str = Field(description="Hub id or local path/URL for from_pretrained.")
+    backend: Literal["diffusion", "gan", "style"] = "diffusion"
+    model: str = Field(description="Hub id or local path/URL for from_pretrained (style: a VGG-19 "
+                       ".safetensors file or a diffusers VAE / pipeline folder).")
     revision: str | None = None
     steps: int = Field(default=20, ge=1, le=1000)
     guidance_scale: float = Field(default=5.0, ge=0.0)
@@ -67,6 +68,8 @@ class GeneratorSpec(Strict):
     width: int = Field(default=64, ge=8, le=4096)
     scheduler: str | None = Field(default=None, description="diffusers scheduler class name to swap in.")
     strength: float = Field(default=0.6, gt=0.0, le=1.0, description="img2img / inpainting strength.")
+    style_weight: float = Field(default=0.1, gt=0.0, description="style backend: weight of the style "
+                                "(feature statistics) loss relative to the content loss.")
     batch_size: int = Field(default=8, ge=1)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

@@ -162,6 +162,22 @@ def check_references(rows: list[tuple[str, int, dict[str, Any]]], storage_option
         raise ManifestError("\n".join(errors[:MAX_ERRORS]))
 
 
+def check_backend_fields(table: pa.Table, source: str, backend: str) -> None:
+    """Rows must carry what the job's backend reads: style transfer needs a content image
+    (``init_image``) and a ``style_image``; other backends would silently ignore a style image."""
+    errors = []
+    for i, row in enumerate(table.select(["prompt_id", "init_image", "style_image"]).to_pylist()):
+        where = f"{source}: row {i} (prompt_id '{row['prompt_id']}')"
+        if backend == "style":
+            errors += [f"{where}: field '{f}': required by generator.backend 'style'"
+                       for f in ("init_image", "style_image") if not row[f]]
+        elif row["style_image"]:
+            errors.append(f"{where}: field 'style_image': only generator.backend 'style' uses it "
+                          f"(this job's backend is '{backend}')")
+    if errors:
+        raise ManifestError("\n".join(errors[:MAX_ERRORS]))
+
+
 def check_unique(rows: list[tuple[str, int, dict[str, Any]]]) -> None:
     seen: dict[str, tuple[str, int]] = {}
     errors = []

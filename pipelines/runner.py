@@ -72,6 +72,8 @@ class Prepared:
 def prepare(spec: JobSpec) -> Prepared:
     """Validate and plan; writes nothing (bad input fails here, before any output exists)."""
     table = manifest.resolve(spec.manifest, spec.output.storage_options)
+    source = spec.manifest.path or "manifest.template"
+    manifest.check_backend_fields(table, source, spec.generator.backend)
     mhash = manifest.content_hash(table)
     samples = plan.expand(table, spec.generator)
     to_generate, screened = screen.screen(samples, spec.screen)

@@ -26,4 +26,8 @@ def load_backend(spec: GeneratorSpec) -> Backend:
         from .gan import GanBackend
 
         return GanBackend(spec)
+    if spec.backend == "style":
+        from .style import StyleBackend
+
+        return StyleBackend(spec)
     raise ValueError(f"unknown backend {spec.backend!r}")
