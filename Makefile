@@ -20,7 +20,7 @@ install: $(STAMP)
 tiny-models: install
 	$(BIN)/python -m pipelines.tinymodels .cache/tiny
 
-demo: install tiny-models
+demo: install
 	$(BIN)/synthgen run jobs/demo.yaml --overwrite  # out/demo is scratch: replace an older demo
 
 # Headless Chromium for the audit-report browser test (Debian package; CI machines start without it).
