@@ -32,7 +32,9 @@ def ray_cluster():
     """One local 2-CPU cluster for the whole session, as on the CI machine."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipelines.runner import ensure_ray
+
+    ensure_ray(num_cpus=2, quiet=True)  # the same cluster settings as `synthgen run`
     yield ray
     ray.shutdown()
 
