@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from .conftest import job_dict, write_job
 from pipelines.backends.style import load_feature_net, moments, stylise
 from pipelines.toyworld.judge import judge
 from pipelines.toyworld.models import DIFFUSION_DIR
 from pipelines.toyworld.world import Attributes, ShapeSpec, render
+
+from .conftest import job_dict, write_job
 
 STEPS, WEIGHT = 200, 0.1
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import GeneratorSpec
 from ..plan import Sample
@@ -101,8 +100,6 @@ def moments(x: torch.Tensor) -> torch.Tensor:
     """Per-channel mean and standard deviation per image (N, 2C)."""
     f = x.flatten(2)
     return torch.cat([f.mean(2), f.std(2)], 1)
-
-
 
 
 def stylise(net: FeatureNet, content: torch.Tensor, style: torch.Tensor, seeds: list[int],
