@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import dedup
+from pipelines import dedup, semdedup
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 0.05
@@ -87,7 +87,7 @@ def bench_semantic(n: int, check: int, use_ray: bool) -> dict:
     x, planted = embeddings(n)
     gc.collect()
     t = time.perf_counter()
-    res = dedup.semantic_pairs(x, EPS, cluster_size=1000, seed=0, use_ray=use_ray)
+    res = semdedup.semantic_pairs(x, EPS, cluster_size=1000, seed=0, use_ray=use_ray)
     secs = time.perf_counter() - t
     out = {"n": n, "seconds": round(secs, 2), "pairs": len(res.pairs), "clusters": res.n_clusters,
            "guests": res.guests, "ray": res.used_ray, "peak_rss_gb": round(peak_rss_gb(), 2),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from . import bias, dedup, refsets, safety
+from . import bias, dedup, refsets, safety, semdedup
 
 if TYPE_CHECKING:
     from .config import JobSpec
@@ -265,7 +265,7 @@ def _within_run(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, summ
                               "removed": int(drop.sum())}
     if d.semantic.enabled and n:
         idx = np.flatnonzero(alive)
-        res = dedup.semantic_pairs(emb[idx], d.semantic.eps, d.semantic.cluster_size, d.semantic.seed,
+        res = semdedup.semantic_pairs(emb[idx], d.semantic.eps, d.semantic.cluster_size, d.semantic.seed,
                                    d.semantic.spill)
         pairs = res.pairs.take(idx)
         drop, of, _ = dedup.resolve(n, pairs, rank, alive)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import dedup
+from pipelines import dedup, semdedup
 
 
 def _planted_codes(n: int, seed: int = 0) -> np.ndarray:
@@ -95,7 +95,7 @@ def _clustered(n: int, d: int = 64, seed: int = 0) -> tuple[np.ndarray, set[tupl
 def test_cluster_pairs_is_exact_within_a_cluster():
     x, truth = _clustered(400)
     ids = np.arange(1000, 1400)
-    pairs, nn, nn_cos = dedup.cluster_pairs(x, ids, 0.95, block=64)  # blocks smaller than the cluster
+    pairs, nn, nn_cos = semdedup.cluster_pairs(x, ids, 0.95, block=64)  # blocks smaller than the cluster
     assert _set(pairs) == {(a + 1000, b + 1000) for a, b in truth}
     s = x @ x.T
     np.fill_diagonal(s, -np.inf)
@@ -104,19 +104,19 @@ def test_cluster_pairs_is_exact_within_a_cluster():
 
 def test_semantic_pairs_recall_precision_and_determinism():
     x, truth = _clustered(3000)
-    res = dedup.semantic_pairs(x, eps=0.05, cluster_size=300, seed=0, use_ray=False)
+    res = semdedup.semantic_pairs(x, eps=0.05, cluster_size=300, seed=0, use_ray=False)
     found = _set(res.pairs)
     assert res.n_clusters > 5
     assert found <= truth  # every pair reported is a true pair (cosine checked exactly)
     assert len(found & truth) / len(truth) >= 0.99
-    again = dedup.semantic_pairs(x, eps=0.05, cluster_size=300, seed=0, use_ray=False)
+    again = semdedup.semantic_pairs(x, eps=0.05, cluster_size=300, seed=0, use_ray=False)
     assert (again.cluster == res.cluster).all() and _set(again.pairs) == found
 
 
 def test_semantic_pairs_fan_out_over_ray_equals_local(ray_cluster):
     x, _ = _clustered(2000, seed=3)
-    local = dedup.semantic_pairs(x, eps=0.05, cluster_size=200, use_ray=False)
-    fanned = dedup.semantic_pairs(x, eps=0.05, cluster_size=200, use_ray=True, tasks=3)
+    local = semdedup.semantic_pairs(x, eps=0.05, cluster_size=200, use_ray=False)
+    fanned = semdedup.semantic_pairs(x, eps=0.05, cluster_size=200, use_ray=True, tasks=3)
     assert fanned.used_ray and not local.used_ray
     assert _set(fanned.pairs) == _set(local.pairs)
     assert (fanned.nn == local.nn).all()
