@@ -143,20 +143,19 @@ class StyleBackend:
             "device_type": torch.device(spec.device).type,
         }
 
-    def _load(self, urls: list[str], samples: list[Sample]) -> torch.Tensor:
-        arrays = [np.asarray(load_image(u, s.width, s.height), dtype=np.float32) / 255
-                  for u, s in zip(urls, samples)]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.spec.device)
+    def _load(self, urls: list[str], width: int, height: int) -> torch.Tensor:
+        """The batch's images; a row's samples share their inputs, so each URL is read once."""
+        arrays = {u: np.asarray(load_image(u, width, height), dtype=np.float32) / 255 for u in dict.fromkeys(urls)}
+        return torch.from_numpy(np.stack([arrays[u] for u in urls])).permute(0, 3, 1, 2).to(self.spec.device)
 
     def generate(self, samples: list[Sample]) -> list[np.ndarray]:
         missing = [s.sample_id for s in samples if not (s.init_image and s.style_image)]
         if missing:
             raise ValueError(f"style backend needs init_image and style_image; samples {missing[:3]} lack one")
-        sizes = {(s.height, s.width) for s in samples}
-        if len(sizes) > 1:
-            return [im for s in samples for im in self.generate([s])]
-        content = self._load([s.init_image for s in samples], samples)  # type: ignore[misc]
-        style = self._load([s.style_image for s in samples], samples)  # type: ignore[misc]
+        # batches share a compat key, so one size; a row's samples share their init/style images
+        w, h = samples[0].width, samples[0].height
+        content = self._load([s.init_image for s in samples], w, h)  # type: ignore[misc]
+        style = self._load([s.style_image for s in samples], w, h)  # type: ignore[misc]
         out = stylise(self.net, content, style, [s.seed for s in samples],
                       samples[0].steps, self.spec.style_weight)
         images = (out.permute(0, 2, 3, 1).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)

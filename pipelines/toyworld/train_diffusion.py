@@ -227,10 +227,7 @@ def train(vae_steps: int = VAE_STEPS, reuse_vae: Path | None = None,
         models = (UNet2DConditionModel.from_pretrained(str(resume / "unet")),
                   CLIPTextModel.from_pretrained(str(resume / "text_encoder")))
         previous = json.loads((resume / "training_metrics.json").read_text())
-        # a single-stage run's metrics predate the per-stage list: read it as stage 1
-        done = previous.get("stages") or [{
-            "stage": 1, "steps": previous["unet_steps"], "peak_lr": UNET_STAGES[0][1],
-            "seconds": previous["unet_seconds"], "final_loss": previous["final_loss"]}]
+        done = previous["stages"]
     else:
         models, done = (build_unet(), build_text_encoder(tokenizer)), []
     stages = list(done[:first_stage])
@@ -238,7 +235,7 @@ def train(vae_steps: int = VAE_STEPS, reuse_vae: Path | None = None,
     for stage in range(first_stage, len(UNET_STAGES)):
         unet, text_encoder, progress = train_unet((mean * scale, std * scale), examples,
                                                   tokenizer, models, stage)
-        models = (copy.deepcopy(unet), copy.deepcopy(text_encoder))
+        models = (unet, text_encoder)  # the next stage trains these EMA weights further
         curves[f"loss stage {stage + 1}"] = progress.curves["loss"]
         stages.append({"stage": stage + 1, "steps": UNET_STAGES[stage][0],
                        "peak_lr": UNET_STAGES[stage][1], "seconds": round(progress.seconds, 1),
