@@ -66,8 +66,6 @@ def test_clip_preprocess_takes_pil_at_generation_sizes(clip) -> None:
 def test_clip_and_diffusion_share_the_tokenizer(clip) -> None:
     from transformers import CLIPTokenizer
 
-    if not (DIFFUSION_DIR / "tokenizer").exists():
-        pytest.skip(f"toy diffusion not committed yet at {DIFFUSION_DIR}")
     tok = CLIPTokenizer.from_pretrained(str(DIFFUSION_DIR / "tokenizer"))
     text = "a small red circle, left side, on a white background"
     ids = tok(text, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
@@ -78,9 +76,6 @@ def test_clip_and_diffusion_share_the_tokenizer(clip) -> None:
 def diffusion():
     from diffusers import DiffusionPipeline
 
-    if not (DIFFUSION_DIR / "model_index.json").exists():
-        # Absent (not broken): the trained weights are committed by `make toy-models` + commit.
-        pytest.skip(f"toy diffusion weights not committed yet at {DIFFUSION_DIR}")
     pipe = DiffusionPipeline.from_pretrained(str(DIFFUSION_DIR), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -139,7 +134,6 @@ def test_assets_are_safetensors_with_reports_and_small() -> None:
     assert not [f for f in files if f.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
     weights = sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
     assert weights <= 40e6
-    trained = [CLIP_WEIGHTS.parent, GAN_DIR] + ([DIFFUSION_DIR] if DIFFUSION_DIR.exists() else [])
-    for directory in trained:
+    for directory in (DIFFUSION_DIR, CLIP_WEIGHTS.parent, GAN_DIR):
         assert (directory / "training_loss.png").exists()
         assert json.loads((directory / "training_metrics.json").read_text())["train_seconds"] > 0
