@@ -63,7 +63,8 @@ def agreement_rates(prompts: list[EvalPrompt], verdicts: list[dict[str, str]]) -
     return {g: {k: hits[g][k] / counts[g][k] for k in counts[g]} for g in counts}
 
 
-def shape_by_colour(prompts: list[EvalPrompt], verdicts: list[dict[str, str]], skew: dict) -> dict[str, float]:
+def shape_by_colour(prompts: list[EvalPrompt], verdicts: list[dict[str, str]], skew: dict
+                    ) -> dict[str, dict[str, float]]:
     """Shape agreement per (shape, planted colour or other): shows whether the planted colour prior
     leaks into shape (the planted colour pulling any shape towards the skewed one)."""
     hits: dict[str, list[bool]] = collections.defaultdict(list)
@@ -71,8 +72,7 @@ def shape_by_colour(prompts: list[EvalPrompt], verdicts: list[dict[str, str]], s
         if p.group == "shapes" and p.spec.get("colour") and p.spec.get("shape"):
             tone = skew["value"] if p.spec["colour"] == skew["value"] else "other colours"
             hits[f"{p.spec['shape']} / {tone}"].append(v.get("shape") == p.spec["shape"])
-    return {k: float(np.mean(hits[k])) for k in sorted(hits)} | {
-        f"{k} (n)": len(hits[k]) for k in sorted(hits)}
+    return {k: {"rate": float(np.mean(hits[k])), "n": len(hits[k])} for k in sorted(hits)}
 
 
 def distribution(prompts: list[EvalPrompt], verdicts: list[dict[str, str]], attribute: str,

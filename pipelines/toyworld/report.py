@@ -57,7 +57,7 @@ def write_report_md(results: dict[str, Any], path: Path) -> None:
         lines += ["", ("Shape agreement by the prompt's colour (the planted prior also teaches the "
                   f"model that {skew['value']} suggests {skew['shape']}):"), "",
                   "| shape / colour | shape agrees | n |", "|---|---|---|"]
-        lines += [f"| {k} | {_pct(v)} | {by[f'{k} (n)']} |" for k, v in by.items() if not k.endswith("(n)")]
+        lines += [f"| {k} | {_pct(v['rate'])} | {v['n']} |" for k, v in by.items()]
     lines += [
         "",
         (f"Speed: {d['ms_per_image_batch8']:.1f} ms/image at batch 8 ({d['threads']} threads, "
