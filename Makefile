@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 tiny-models: install
-	$(BIN)/python -m pipelines.tinymodels .cache/tiny
+	$(BIN)/python -m tests.tinymodels .cache/tiny
 
 demo: install
 	$(BIN)/synthgen run jobs/demo.yaml --overwrite  # out/demo is scratch: replace an older demo

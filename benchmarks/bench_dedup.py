@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import dedup, semdedup
+from pipelines.curation.dedup import hashes as dedup
+
+from pipelines.curation.dedup import semantic as semdedup
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 0.05

@@ -51,12 +51,12 @@ def build_dataset(out: Path, n: int, seed: int = 0) -> None:
     import pyarrow as pa
     from PIL import Image
 
-    from pipelines import bias
+    from pipelines.curation import bias
     from pipelines.config import ClipSpec
-    from pipelines.embed import ClipEmbedder, clip_score
-    from pipelines.publish import ShardWriter, write_index, write_json, write_parquet
-    from pipelines.records import build_record
-    from pipelines.storage import Store
+    from pipelines.embed.clip import ClipEmbedder, clip_score
+    from pipelines.publish.shards import ShardWriter, write_index, write_json, write_parquet
+    from pipelines.contracts.record import build_record
+    from pipelines.io.store import Store
     from pipelines.toyworld import world
 
     rng = np.random.default_rng(seed)
@@ -143,7 +143,7 @@ def measure(dataset: str, reference: str, out: str) -> dict:
     import open_clip  # noqa: F401
     import torch  # noqa: F401
 
-    from pipelines import report as R
+    from pipelines.report import build as R
     import pipelines.toyworld.judge  # noqa: F401
 
     t_import = time.perf_counter() - t0
@@ -198,7 +198,7 @@ def main() -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     CACHE.mkdir(parents=True, exist_ok=True)
-    from pipelines.report import build_toyworld_reference
+    from pipelines.report.build import build_toyworld_reference
 
     ref = CACHE / f"ref-{a.reference}"
     if not (ref / "reference.parquet").exists():

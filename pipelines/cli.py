@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from .errors import SynthgenError
+from pipelines.errors import SynthgenError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -36,7 +36,7 @@ def _fail(e: SynthgenError) -> None:
 
 
 def _load(job: Path, out: Optional[str] = None, manifest: Optional[str] = None):
-    from .config import load_job
+    from pipelines.config import load_job
 
     spec = load_job(job)
     return spec.with_overrides(out=out, manifest=manifest) if (out or manifest) else spec
@@ -45,7 +45,7 @@ def _load(job: Path, out: Optional[str] = None, manifest: Optional[str] = None):
 @app.command()
 def validate(job: Path = typer.Argument(..., help="Job spec YAML.")) -> None:
     """Check a job spec and its manifest; run nothing, write nothing."""
-    from .runner import prepare
+    from pipelines.execution.runner import prepare
 
     try:
         prep = prepare(_load(job))
@@ -61,8 +61,8 @@ def manifest_cmd(job: Path = typer.Argument(..., help="Job spec YAML."),
     """Write the concrete, validated manifest the job would run on."""
     import pyarrow.parquet as pq
 
-    from . import manifest as mf
-    from .storage import url_to_fs
+    from pipelines.plan import manifest as mf
+    from pipelines.io.store import url_to_fs
 
     try:
         spec = _load(job)
@@ -84,7 +84,7 @@ def run(
     log_format: str = typer.Option("text", "--log-format", help="text or json (structured logs for clusters)."),
 ) -> None:
     """Run a job: generate, score, stage, curate and publish a dataset."""
-    from .runner import run as run_job
+    from pipelines.execution.runner import run as run_job
 
     log = _Log(log_format, quiet)
     if quiet or log_format == "json":
@@ -129,7 +129,7 @@ def verify(
                                         "(credentials come from the environment)."),
 ) -> None:
     """Check every shard and file of a published dataset against its index (exit 1 on problems)."""
-    from .verify import verify as verify_dataset
+    from pipelines.publish import verify as verify_dataset
 
     problems, index = verify_dataset(url, json.loads(storage_options))
     for p in problems:
@@ -149,7 +149,7 @@ def report(
     storage_options: str = typer.Option("{}", "--storage-options", help="fsspec options as JSON."),
 ) -> None:
     """Rebuild the audit report (self-contained HTML + report.json) of a published dataset."""
-    from .report import ReportError, write_report
+    from pipelines.report.build import ReportError, write_report
 
     try:
         html, js, rep = write_report(dataset_url, out, reference, json.loads(storage_options))

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import SpecError
+from pipelines.errors import SpecError
 
 if TYPE_CHECKING:
-    from .storage import Store
+    from pipelines.io.store import Store
 
 
 class Strict(BaseModel):
@@ -134,7 +134,7 @@ class OutputSpec(Strict):
         return v
 
     def store(self) -> "Store":
-        from .storage import Store
+        from pipelines.io.store import Store
 
         return Store(self.url, self.storage_options, retries=self.retries, retry_base_delay=self.retry_base_delay_s)
 
@@ -143,10 +143,10 @@ class ScreenSpec(Strict):
     """Prompt screen (DESIGN step 3): rules applied to prompt text before any GPU time.
 
     Text and rules are compared after NFKC normalisation, case folding, removal of invisible format
-    characters (zero-width joiners, ...) and diacritics, and whitespace collapsing (``pipelines.screen``)."""
+    characters (zero-width joiners, ...) and diacritics, and whitespace collapsing (``pipelines.plan.screen``)."""
 
     enabled: bool = True
-    default_rules: bool = Field(default=True, description="Also apply the bundled rules (pipelines.screen.DEFAULT_RULES).")
+    default_rules: bool = Field(default=True, description="Also apply the bundled rules (pipelines.plan.screen.DEFAULT_RULES).")
     rule_files: list[str] = Field(default_factory=list, description="Files of rules: one term per line, "
                                   "'re:' prefix for a regex, '#' comments.")
     terms: list[str] = Field(default_factory=list, description="Blocked terms (whole words/phrases).")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_models() -> Path:
-    from pipelines.tinymodels import build_all
+    from tests.tinymodels import build_all
 
     return build_all(ROOT / ".cache" / "tiny")
 
@@ -32,7 +32,7 @@ def ray_cluster():
     """One local 2-CPU cluster for the whole session, as on the CI machine."""
     import ray
 
-    from pipelines.runner import ensure_ray
+    from pipelines.execution.runner import ensure_ray
 
     ensure_ray(num_cpus=2, quiet=True)  # the same cluster settings as `synthgen run`
     yield ray

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.backends import load_backend
+from pipelines.generate.backends import load_backend
 from pipelines.config import GeneratorSpec
-from pipelines.plan import Sample
+from pipelines.plan.samples import Sample
 
 GAN = Path(__file__).resolve().parents[1] / "pipelines" / "toyworld" / "assets" / "gan"
 
@@ -45,7 +45,7 @@ def test_toy_clip_scores_matching_captions_above_shuffled_ones():
     from PIL import Image
 
     from pipelines.config import ClipSpec
-    from pipelines.embed import ClipEmbedder, clip_score
+    from pipelines.embed.clip import ClipEmbedder, clip_score
     from pipelines.toyworld.captions import caption
     from pipelines.toyworld.world import render, sample_attributes
 

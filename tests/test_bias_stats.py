@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines import bias
+from pipelines.curation import bias
 
 
 def test_metrics_match_hand_computed_values():

@@ -17,13 +17,13 @@ import webdataset as wds
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines import curate
+from pipelines.curation import curate
 from pipelines.cli import app
 from pipelines.config import JobSpec
-from pipelines.dedup import perceptual_hash
-from pipelines.pnglabel import pixel_sha256
-from pipelines.staging import LIGHT_COLUMNS, Staging
-from pipelines.storage import Store
+from pipelines.curation.dedup.hashes import perceptual_hash
+from pipelines.generate.encode import pixel_sha256
+from pipelines.contracts.unit import LIGHT_COLUMNS, Staging
+from pipelines.io.store import Store
 
 from .conftest import job_dict, write_job
 
@@ -138,7 +138,7 @@ def test_records_carry_the_decision(run_a):
 
 # ------------------------------------------------------------------ planted duplicates, one run
 def _light_with_images(out: Path, spec: JobSpec) -> tuple[pa.Table, list[np.ndarray]]:
-    from pipelines.runner import prepare
+    from pipelines.execution.runner import prepare
 
     prep = prepare(spec)
     staging = Staging(Store(str(out)), prep.fingerprint)
@@ -179,7 +179,7 @@ def test_planted_duplicates_are_caught_by_the_right_method(run_a, tiny_models):
     """Copies of generated images, each kind planted 4 times into the run's own staged units (the
     originals are 24 distinct generated images): precision and recall of each method on the planted
     set must be >= 0.99, and no original may be dropped."""
-    from pipelines.embed import ClipEmbedder
+    from pipelines.embed.clip import ClipEmbedder
 
     out, spec = run_a
     light, images = _light_with_images(out, spec)

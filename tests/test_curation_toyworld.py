@@ -15,11 +15,15 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipelines import bias, curate, safety
+from pipelines.curation import bias
+
+from pipelines.curation import curate
+
+from pipelines.curation import safety
 from pipelines.config import ClipSpec, CurationSpec, JobSpec
-from pipelines.dedup import perceptual_hash
-from pipelines.embed import clip_score
-from pipelines.pnglabel import pixel_sha256
+from pipelines.curation.dedup.hashes import perceptual_hash
+from pipelines.embed.clip import clip_score
+from pipelines.generate.encode import pixel_sha256
 from pipelines.toyworld import judge, models, world
 
 pytestmark = pytest.mark.skipif(not models.CLIP_WEIGHTS.exists(), reason="toy-world CLIP asset not built")
@@ -34,7 +38,7 @@ TRIANGLE = {"name": "triangle", "prompts": ["a triangle"] + [f"a {c} triangle" f
 def embedder():
     import torch
 
-    from pipelines.embed import ClipEmbedder
+    from pipelines.embed.clip import ClipEmbedder
 
     torch.set_num_threads(2)
     return ClipEmbedder(ClipSpec.model_validate(CLIP), batch_size=256)

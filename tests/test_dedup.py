@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import dedup, semdedup
+from pipelines.curation.dedup import hashes as dedup
+
+from pipelines.curation.dedup import semantic as semdedup
 
 
 def _planted_codes(n: int, seed: int = 0) -> np.ndarray:

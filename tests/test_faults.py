@@ -17,8 +17,8 @@ import pytest
 import webdataset as wds
 
 from pipelines.config import JobSpec
-from pipelines.runner import run
-from pipelines.verify import verify
+from pipelines.execution.runner import run
+from pipelines.publish.verify import verify
 
 from .conftest import job_dict, write_job
 

@@ -3,9 +3,9 @@ import time
 import pytest
 
 from pipelines.errors import StorageError
-from pipelines.lease import LEASE_KEY, Lease, LeaseHeld
-from pipelines.retry import retry_call
-from pipelines.storage import Store
+from pipelines.io.lease import LEASE_KEY, Lease, LeaseHeld
+from pipelines.io.retry import retry_call
+from pipelines.io.store import Store
 
 
 def test_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_path):

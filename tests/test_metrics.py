@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import metrics as m
+from pipelines.report import metrics as m
 
 
 def _rng(seed=0):

@@ -14,10 +14,10 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipelines import contracts
+from pipelines.contracts import schemas as contracts
 from pipelines.config import JobSpec
-from pipelines.pnglabel import DIGITAL_SOURCE_TYPE, digital_source_type
-from pipelines.runner import run
+from pipelines.generate.encode import DIGITAL_SOURCE_TYPE, digital_source_type
+from pipelines.execution.runner import run
 
 from .conftest import job_dict
 
@@ -126,7 +126,7 @@ def test_rerun_of_published_job_does_nothing(first, tiny_models):
 
 def test_clip_through_ray_equals_direct_embedding(first, tiny_models):
     from pipelines.config import ClipSpec
-    from pipelines.embed import ClipEmbedder, clip_score
+    from pipelines.embed.clip import ClipEmbedder, clip_score
 
     _, out = first
     t = pq.read_table([str(p) for p in sorted((out / "shards").glob("*.parquet"))])

@@ -1,6 +1,8 @@
 import pyarrow as pa
 
-from pipelines import manifest, plan
+from pipelines.plan import manifest
+
+from pipelines.plan import samples as plan
 from pipelines.config import GeneratorSpec, TemplateSpec
 
 GEN = GeneratorSpec(model="m", steps=5, guidance_scale=2.0, height=32, width=32)

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines import metrics as M
-from pipelines import report as R
-from pipelines.storage import Store
+from pipelines.report import metrics as M
+from pipelines.report import build as R
+from pipelines.io.store import Store
 
 from .conftest import job_dict
 
@@ -27,7 +27,7 @@ SECTIONS = ("summary", "groups", "alignment", "diversity", "reference", "safety"
 def published_dataset(tmp_path_factory, tiny_models) -> Path:
     """One real run per test session, shared by the report test modules (built on first use)."""
     from pipelines.config import JobSpec
-    from pipelines.runner import run
+    from pipelines.execution.runner import run
 
     out = tmp_path_factory.getbasetemp() / "report-dataset" / "ds"
     if not (out / "index.json").exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import report as R
+from pipelines.report import build as R
 
 from .conftest import ROOT
 from .test_report import SECTIONS, published_dataset, toy_reference

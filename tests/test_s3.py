@@ -13,8 +13,8 @@ import s3fs
 
 from pipelines.config import JobSpec
 from pipelines.errors import StorageError
-from pipelines.runner import run
-from pipelines.verify import verify
+from pipelines.execution.runner import run
+from pipelines.publish.verify import verify
 
 from .conftest import job_dict
 from .s3env import Faults, make_bucket, start_proxy, storage_options

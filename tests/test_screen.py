@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import screen
+from pipelines.plan import screen
 from pipelines.config import ScreenSpec
-from pipelines.plan import Sample
+from pipelines.plan.samples import Sample
 
 SPEC = ScreenSpec(terms=["forbidden fruit", "zorp"], regexes=[r"\bbad(ly)?\s+idea\b"])
 TRICKS = [

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.backends.style import load_feature_net, moments, stylise
+from pipelines.generate.backends.style import load_feature_net, moments, stylise
 from pipelines.toyworld.judge import judge
 from pipelines.toyworld.models import DIFFUSION_DIR
 from pipelines.toyworld.world import Attributes, ShapeSpec, render
@@ -91,7 +91,7 @@ def _pngs(tmp_path: Path, toy_pair) -> tuple[Path, Path]:
 def test_manifest_rows_must_match_the_backend(tiny_models, tmp_path, toy_pair) -> None:
     from pipelines.config import JobSpec
     from pipelines.errors import ManifestError
-    from pipelines.runner import prepare
+    from pipelines.execution.runner import prepare
 
     c, s = _pngs(tmp_path, toy_pair)
     m = tmp_path / "m.parquet"

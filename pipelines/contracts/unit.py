@@ -1,0 +1,96 @@
+"""Work-unit tables: their schema, their wire form between Ray stages, and their staged objects.
+
+A unit travels between stages as one Arrow IPC buffer (one Ray row), so a unit is never split
+or merged by Ray Data's batching; it is staged as one Parquet object at
+``<out>/_staging/<fingerprint>/units/<unit_id>.parquet``, written whole before it counts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.io.store import Store
+
+GEN_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("index", pa.int64()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("seed", pa.int64()),
+        ("steps", pa.int64()),
+        ("guidance_scale", pa.float64()),
+        ("height", pa.int64()),
+        ("width", pa.int64()),
+        ("attributes", pa.map_(pa.string(), pa.string())),
+        ("png", pa.binary()),
+        ("pixel_sha256", pa.string()),
+        ("phash", pa.string()),  # 64-bit perceptual hash (imagehash.phash) as 16 hex digits
+        ("gen_ms", pa.float64()),
+        ("gen_worker", pa.string()),
+        ("error", pa.string()),  # set (and png null) when this sample's generation raised
+    ]
+)
+EMBED_FIELDS = [
+    ("clip_score", pa.float32()),
+    ("image_emb", pa.list_(pa.float32())),
+    ("text_emb", pa.list_(pa.float32())),
+    ("clip_ms", pa.float64()),
+]
+#: Columns curation reads: everything but the image bytes.
+LIGHT_COLUMNS = [f.name for f in GEN_SCHEMA if f.name != "png"] + [n for n, _ in EMBED_FIELDS]
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(buf: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(buf)).read_all()
+
+
+def with_meta(table: pa.Table, key: str, value: dict[str, Any]) -> pa.Table:
+    meta = dict(table.schema.metadata or {})
+    meta[key.encode()] = json.dumps(value, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def meta(table_or_schema: pa.Table | pa.Schema, key: str) -> dict[str, Any]:
+    schema = table_or_schema.schema if isinstance(table_or_schema, pa.Table) else table_or_schema
+    return json.loads((schema.metadata or {})[key.encode()])
+
+
+class Staging:
+    """The staged units of one job fingerprint under a dataset root."""
+
+    def __init__(self, store: Store, fingerprint: str):
+        self.store = store
+        self.prefix = f"_staging/{fingerprint}"
+
+    def unit_key(self, unit_id: str) -> str:
+        return f"{self.prefix}/units/{unit_id}.parquet"
+
+    def write_unit(self, unit_id: str, table: pa.Table) -> int:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.store.write_bytes(self.unit_key(unit_id), buf.getvalue())
+        return buf.tell()
+
+    def staged_ids(self) -> set[str]:
+        keys = self.store.list(f"{self.prefix}/units")
+        return {k.rsplit("/", 1)[1].removesuffix(".parquet") for k in keys if k.endswith(".parquet")}
+
+    def read_unit(self, unit_id: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.store.read_bytes(self.unit_key(unit_id))), columns=columns)
+
+    def clear(self) -> None:
+        self.store.delete_prefix(self.prefix)

@@ -1,0 +1,1 @@
+"""Curate (DESIGN step 7): dedup, references and prior datasets, safety, bias audit and rebalancing; one decision per sample."""

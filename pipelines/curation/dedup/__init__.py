@@ -1,0 +1,1 @@
+"""Deduplication: exact and perceptual (hashes), semantic (embedding clusters)."""

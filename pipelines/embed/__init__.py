@@ -1,0 +1,1 @@
+"""Embed and score (DESIGN step 5): open_clip image/text embeddings and CLIPScore."""

@@ -1,0 +1,97 @@
+"""open_clip image and text embeddings and CLIPScore.
+
+CLIPScore here is ``100 * max(cos(image, text), 0)`` (Hessel et al. 2021 with w=100, as in
+torchmetrics), computed from L2-normalised embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from pipelines.config import ClipSpec
+from pipelines.publish.provenance import weights_sha256
+
+
+def clip_score(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+    """Row-wise CLIPScore of normalised embeddings (N, D) x (N, D) -> (N,)."""
+    cos = np.sum(image_emb.astype(np.float64) * text_emb.astype(np.float64), axis=1)
+    return (100.0 * np.maximum(cos, 0.0)).astype(np.float32)
+
+
+class ClipEmbedder:
+    def __init__(self, spec: ClipSpec, batch_size: int | None = None):
+        import open_clip
+
+        if spec.model_config_file:
+            open_clip.add_model_config(spec.model_config_file)
+        precision = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[spec.dtype]
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            spec.model, pretrained=spec.pretrained, device=spec.device, precision=precision
+        )
+        self.model.eval()
+        if spec.tokenizer:
+            from open_clip.tokenizer import HFTokenizer
+
+            self.tokenizer = HFTokenizer(spec.tokenizer, context_length=self.model.context_length)
+        else:
+            self.tokenizer = open_clip.get_tokenizer(spec.model)
+        self.device = torch.device(spec.device)
+        self.dtype = getattr(torch, spec.dtype)
+        self.batch_size = batch_size or spec.batch_size
+        self.info = {"model": spec.model, "weights_sha256": weights_sha256(spec.pretrained)}
+
+    def _chunks(self, n: int) -> list[slice]:
+        return [slice(i, i + self.batch_size) for i in range(0, n, self.batch_size)]
+
+    @torch.inference_mode()
+    def image_embeddings(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = []
+        for sl in self._chunks(len(images)):
+            x = torch.stack([self.preprocess(im.convert("RGB")) for im in images[sl]]).to(self.device, self.dtype)
+            out.append(torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    @torch.inference_mode()
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for sl in self._chunks(len(texts)):
+            tokens = self.tokenizer(list(texts[sl])).to(self.device)
+            out.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def embed_unit(embedder: ClipEmbedder, table: pa.Table) -> pa.Table:
+    """Add CLIP embeddings and scores to a generated unit (one pass over its images)."""
+    import io
+    import time
+
+    from pipelines.contracts.unit import EMBED_FIELDS, with_meta
+
+    t0 = time.perf_counter()
+    pngs = table.column("png").to_pylist()
+    ok = [i for i, b in enumerate(pngs) if b is not None]  # failed samples have no image
+    prompts = table.column("prompt").to_pylist()
+    img = embedder.image_embeddings([Image.open(io.BytesIO(pngs[i])) for i in ok])
+    txt = embedder.text_embeddings([prompts[i] for i in ok])
+    score = clip_score(img, txt) if ok else np.zeros(0, np.float32)
+    ms = (time.perf_counter() - t0) * 1000 / max(len(ok), 1)
+    n = table.num_rows
+    full_score: list[float | None] = [None] * n
+    full_img: list[list[float] | None] = [None] * n
+    full_txt: list[list[float] | None] = [None] * n
+    for j, i in enumerate(ok):
+        full_score[i], full_img[i], full_txt[i] = float(score[j]), img[j], txt[j]
+    cols = {
+        "clip_score": pa.array(full_score, pa.float32()),
+        "image_emb": pa.array(full_img, pa.list_(pa.float32())),
+        "text_emb": pa.array(full_txt, pa.list_(pa.float32())),
+        "clip_ms": pa.array([ms] * n, pa.float64()),
+    }
+    for name, typ in EMBED_FIELDS:
+        table = table.append_column(pa.field(name, typ), cols[name])
+    return with_meta(table, "synthgen.clip", embedder.info)

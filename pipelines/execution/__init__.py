@@ -1,0 +1,1 @@
+"""The only package that imports ray: the local/remote cluster and the Ray Data plans."""

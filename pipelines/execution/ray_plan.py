@@ -1,0 +1,122 @@
+"""Thin Ray Data adapters around the pure unit functions (``generate_unit``, ``embed_unit``).
+
+One Ray row is one work unit, so batching in Ray never splits a unit; actors hold their model
+for their lifetime. Resources (pool size, CPUs, GPUs, torch threads) come from the job spec;
+fractional CPUs let read and staging tasks run beside the actors on small machines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import ClipSpec, GeneratorSpec, JobSpec, OutputSpec
+from pipelines.errors import SynthgenError
+from pipelines.plan.samples import Sample, WorkUnit
+from pipelines.contracts.unit import Staging, from_ipc, to_ipc
+
+
+class GenerateActor:
+    def __init__(self, gen: dict[str, Any], torch_threads: int):
+        import torch
+
+        from pipelines.generate.backends import load_backend
+
+        torch.set_num_threads(torch_threads)
+        self.spec = GeneratorSpec.model_validate(gen)
+        self.backend = load_backend(self.spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipelines.generate.unit import generate_unit
+
+        payloads = []
+        for samples_json in batch["samples"]:
+            samples = [Sample(**d) for d in json.loads(samples_json)]
+            payloads.append(to_ipc(generate_unit(self.backend, samples, self.spec.batch_size)))
+        return {"unit_id": batch["unit_id"], "payload": np.array(payloads, dtype=object)}
+
+
+class EmbedActor:
+    def __init__(self, clip: dict[str, Any], torch_threads: int):
+        import torch
+
+        from pipelines.embed.clip import ClipEmbedder
+
+        torch.set_num_threads(torch_threads)
+        self.embedder = ClipEmbedder(ClipSpec.model_validate(clip))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipelines.embed.clip import embed_unit
+
+        payloads = [to_ipc(embed_unit(self.embedder, from_ipc(p))) for p in batch["payload"]]
+        return {"unit_id": batch["unit_id"], "payload": np.array(payloads, dtype=object)}
+
+
+def stage_units(batch: dict[str, np.ndarray], output: dict[str, Any], prefix_fp: str) -> dict[str, np.ndarray]:
+    """Write each finished unit whole to staging; return only small stats to the driver."""
+    out = OutputSpec.model_validate(output)
+    staging = Staging(out.store(), prefix_fp)
+    stats: dict[str, list[Any]] = {"unit_id": [], "n": [], "gen_ms": [], "clip_ms": [], "bytes": []}
+    for uid, payload in zip(batch["unit_id"], batch["payload"]):
+        table = from_ipc(payload)
+        stats["unit_id"].append(uid)
+        stats["n"].append(table.num_rows)
+        stats["gen_ms"].append(float(sum(table.column("gen_ms").to_pylist())))
+        stats["clip_ms"].append(float(sum(table.column("clip_ms").to_pylist())))
+        stats["bytes"].append(staging.write_unit(str(uid), table))
+    return {k: np.array(v) for k, v in stats.items()}
+
+
+def run_units(spec: JobSpec, units: list[WorkUnit], staging: Staging, quiet: bool = False) -> Iterator[dict[str, Any]]:
+    """Stream ``units`` through generate -> embed -> stage; yield one stats dict per staged unit."""
+    import ray
+    import ray.data
+
+    from pipelines.execution.runner import ensure_ray
+
+    ensure_ray(spec.resources.ray_num_cpus, quiet)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = not quiet
+    ctx.enable_operator_progress_bars = not quiet
+    # Start streaming only once every actor holds its model: work spreads over the whole pool, and
+    # a pool that cannot fit the cluster fails with an error instead of hanging.
+    ctx.wait_for_min_actors_s = spec.resources.actor_start_timeout_s
+    gen_pool, emb_pool = spec.resources.generate, spec.resources.embed
+    items = [{"unit_id": u.unit_id, "samples": json.dumps([s.to_dict() for s in u.samples])} for u in units]
+    ds = (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .map_batches(
+            GenerateActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=gen_pool.size,
+                                                                     max_tasks_in_flight_per_actor=gen_pool.max_units_in_flight),
+            num_cpus=gen_pool.num_cpus, num_gpus=gen_pool.num_gpus,
+            fn_constructor_kwargs={"gen": spec.generator.model_dump(), "torch_threads": gen_pool.torch_threads},
+        )
+        .map_batches(
+            EmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=emb_pool.size,
+                                                                     max_tasks_in_flight_per_actor=emb_pool.max_units_in_flight),
+            num_cpus=emb_pool.num_cpus, num_gpus=emb_pool.num_gpus,
+            fn_constructor_kwargs={"clip": spec.clip.model_dump(), "torch_threads": emb_pool.torch_threads},
+        )
+        .map_batches(
+            stage_units, batch_size=1, num_cpus=0.1,
+            fn_kwargs={"output": spec.output.model_dump(), "prefix_fp": staging.prefix.split("/", 1)[1]},
+        )
+    )
+    t0 = time.perf_counter()
+    try:
+        for row in ds.iter_rows():
+            row["elapsed_s"] = time.perf_counter() - t0
+            yield row
+    except ray.exceptions.GetTimeoutError as e:
+        if "starting actors" not in str(e):
+            raise
+        raise SynthgenError(
+            f"actor pools did not start within {spec.resources.actor_start_timeout_s} s: the cluster lacks the "
+            f"resources they claim (generate: {gen_pool.size} x {gen_pool.num_cpus} CPU, {gen_pool.num_gpus} GPU; "
+            f"embed: {emb_pool.size} x {emb_pool.num_cpus} CPU, {emb_pool.num_gpus} GPU; cluster: "
+            f"{ray.cluster_resources()})"
+        ) from None

@@ -1,0 +1,208 @@
+"""The job, end to end: manifest -> plan -> [Ray: generate -> embed -> stage] -> curate -> publish.
+
+Everything before Ray validates and plans without writing; everything after reads staged units,
+so a rerun of the same job skips units already staged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.curation import curate
+
+from pipelines.plan import manifest
+
+from pipelines.plan import samples as plan
+
+from pipelines.plan import screen
+from pipelines.config import JobSpec
+from pipelines.errors import SpecError
+from pipelines.io.lease import Lease
+from pipelines.publish.provenance import weights_sha256
+from pipelines.publish.job import publish_dataset
+from pipelines.contracts.unit import LIGHT_COLUMNS, Staging
+from pipelines.io.store import Store
+
+Log = Callable[..., None]
+
+
+def _quiet_log(event: str, **fields: Any) -> None:
+    pass
+
+
+def fingerprint(spec: JobSpec, manifest_hash: str) -> str:
+    """Keys the staged units: covers what changes them (manifest content, prompt screen, models
+    and their weights, generation and embedding parameters, unit layout, thread counts: float
+    rounding depends on them). Curation settings are not in it: retuning reuses staged units."""
+    g, c = spec.generator, spec.clip
+    payload = {
+        "manifest": manifest_hash,
+        "generator": g.model_dump(),
+        "generator_weights": weights_sha256(g.model, g.revision),
+        "clip": c.model_dump(exclude={"batch_size"}),
+        "clip_weights": weights_sha256(c.pretrained),
+        "unit_size": spec.unit_size,
+        "torch_threads": spec.resources.generate.torch_threads,
+        "screen": screen.fingerprint(spec.screen),  # settings and rule content
+        "name": spec.name,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Prepared:
+    spec: JobSpec
+    manifest: pa.Table
+    manifest_hash: str
+    samples: list[plan.Sample]  # every planned sample, screened or not
+    screened: list[dict[str, Any]]  # rows the prompt screen stopped: {sample_id, prompt_id, reasons}
+    units: list[plan.WorkUnit]  # the samples to generate
+    fingerprint: str  # of the staged units
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """Of the published dataset: the units plus the curation that selected from them."""
+        cur = json.dumps(self.spec.curation.model_dump(), sort_keys=True)
+        return hashlib.sha256(f"{self.fingerprint}|{cur}".encode()).hexdigest()[:16]
+
+
+def prepare(spec: JobSpec) -> Prepared:
+    """Validate and plan; writes nothing (bad input fails here, before any output exists)."""
+    table = manifest.resolve(spec.manifest, spec.output.storage_options)
+    source = spec.manifest.path or "manifest.template"
+    manifest.check_backend_fields(table, source, spec.generator.backend)
+    mhash = manifest.content_hash(table)
+    samples = plan.expand(table, spec.generator)
+    to_generate, screened = screen.screen(samples, spec.screen)
+    return Prepared(spec, table, mhash, samples, screened, plan.units(to_generate, spec.unit_size),
+                    fingerprint(spec, mhash))
+
+
+@dataclass
+class RunResult:
+    url: str
+    fingerprint: str
+    counts: dict[str, int]
+    stage_seconds: dict[str, float]
+    images_per_s: float
+    units_generated: int
+    units_reused: int
+    failed: int = 0
+    already_published: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log = _quiet_log) -> RunResult:
+    t_start = time.time()
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    prep = prepare(spec)
+    times["plan"] = time.perf_counter() - t
+    log("planned", samples=len(prep.samples), units=len(prep.units), fingerprint=prep.fingerprint)
+
+    store = spec.output.store()
+    with Lease(store, stale_after_s=spec.output.lease_stale_after_s, heartbeat_s=spec.output.lease_stale_after_s / 6):
+        result = _run_leased(spec, prep, store, times, t_start, overwrite, quiet, log)
+    if not store.list("_staging"):
+        store.delete_prefix("_staging")
+    return result
+
+
+def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, float], t_start: float,
+                overwrite: bool, quiet: bool, log: Log) -> RunResult:
+    from pipelines.publish.shards import INDEX, read_index
+
+    index = read_index(store)
+    if index is not None:
+        if index["job"].get("fingerprint") == prep.dataset_fingerprint and not overwrite:
+            log("already_published", url=spec.output.url)
+            return RunResult(spec.output.url, prep.dataset_fingerprint, index["counts"], times, 0.0, 0, len(prep.units),
+                             already_published=True)
+        if not overwrite:
+            raise SpecError(
+                f"{spec.output.url}: holds a dataset of a different job (fingerprint "
+                f"{index['job'].get('fingerprint')}, this job {prep.dataset_fingerprint}); pass --overwrite to replace it"
+            )
+        store.delete(INDEX)  # the old dataset is absent from here on
+
+    staging = Staging(store, prep.fingerprint)
+    staging.store.write_bytes(f"{staging.prefix}/manifest.parquet", _parquet(prep.manifest))
+    staged = staging.staged_ids()
+    pending = [u for u in prep.units if u.unit_id not in staged]
+    if prep.screened:
+        log("screened", samples=len(prep.screened))
+    log("resume", staged=len(prep.units) - len(pending), pending=len(pending))
+
+    t = time.perf_counter()
+    busy: dict[str, float] = {"generate": 0.0, "embed": 0.0}
+    if pending:
+        from pipelines.execution.ray_plan import run_units
+
+        for res in run_units(spec, pending, staging, quiet=quiet):
+            busy["generate"] += res["gen_ms"] / 1000
+            busy["embed"] += res["clip_ms"] / 1000
+            log("unit_staged", unit=res["unit_id"], samples=res["n"])
+    times["generate+embed+stage (wall)"] = time.perf_counter() - t
+    n_generated = sum(len(u.samples) for u in pending)
+    ips = n_generated / times["generate+embed+stage (wall)"] if pending else 0.0
+
+    t = time.perf_counter()
+    light = pa.concat_tables([staging.read_unit(u.unit_id, LIGHT_COLUMNS) for u in prep.units]) if prep.units \
+        else pa.table({c: [] for c in LIGHT_COLUMNS})
+    failed_mask = pc.is_valid(light.column("error"))
+    failed = light.filter(failed_mask)
+    decisions = curate.decide(light.filter(pc.invert(failed_mask)), spec, prep.screened)
+    if failed.num_rows:  # never curated: they have no image; recorded with their error
+        decisions = pa.concat_tables([decisions, pa.Table.from_pylist([
+            {"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "kept": False,
+             "reasons": [f"generation_failed: {r['error']}"]} for r in failed.to_pylist()], schema=decisions.schema)])
+    times["curate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    counts = publish_dataset(store, prep, staging, decisions, stage_seconds={**times, **{
+        f"{k} (actor busy)": v for k, v in busy.items()}}, started=t_start, quiet=quiet)
+    times["publish"] = time.perf_counter() - t
+    if not spec.output.keep_staging:
+        staging.clear()
+    log("published", url=spec.output.url, **counts)
+    if failed.num_rows:
+        log("failed_samples", count=failed.num_rows, first=failed.column("error")[0].as_py())
+    return RunResult(spec.output.url, prep.dataset_fingerprint, counts, {**times, **{f"{k} (actor busy)": v for k, v in
+                     busy.items()}}, ips, len(pending), len(prep.units) - len(pending), failed=failed.num_rows)
+
+
+def _parquet(table: pa.Table) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
+    """Join ``RAY_ADDRESS`` if set (a cluster), else start a local cluster (one machine)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=not quiet)
+    else:
+        # Ray keeps at most `num_workers_soft_limit` workers (default: the CPU count). On a small machine the
+        # actor pools alone reach that, so each stage_units task got a fresh worker (importing torch) that was
+        # killed again when idle: that churn took ~10-20% of the generators' CPU on 2 cores (768 samples:
+        # 50-55 s -> 45 s). A higher limit keeps the task workers warm.
+        limit = max(8, 2 * (num_cpus or os.cpu_count() or 1))
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
+                 _system_config={"num_workers_soft_limit": limit})

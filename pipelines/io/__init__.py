@@ -1,0 +1,1 @@
+"""Storage (fsspec), the output lease, and retries of transient storage errors."""

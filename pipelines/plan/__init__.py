@@ -1,0 +1,1 @@
+"""Plan (DESIGN steps 1-3): read and validate manifests, expand rows into samples and work units, screen prompts."""

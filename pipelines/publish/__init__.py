@@ -1,0 +1,1 @@
+"""Publish (DESIGN step 9): shards, index last, card, provenance, verification of a published dataset."""

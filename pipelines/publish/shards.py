@@ -1,0 +1,123 @@
+"""Publish kept samples as size-bounded shards, then metadata, then ``index.json`` last.
+
+Each shard is built in memory and written as one object (``Store.write_bytes``), because object
+stores only make whole-object PUTs atomic and webdataset's ``ShardWriter`` writes local files.
+The same samples go to shard ``n`` of every format: ``shards/<name>-<n>.tar`` (webdataset:
+``<key>.png``, ``<key>.json``, ``<key>.txt``), ``shards/<name>-<n>.parquet`` (image bytes + record)
+and ``embeddings/<n>.parquet`` (CLIP embeddings, referenced from each record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from pipelines.io.store import Store
+
+INDEX = "index.json"
+TAR_MTIME = 0.0  # fixed tar header times: the same samples give byte-identical shards
+
+SHARD_SCHEMA = pa.schema([("sample_id", pa.string()), ("png", pa.binary()), ("prompt", pa.string()),
+                          ("record", pa.string())])
+EMB_SCHEMA = pa.schema([("sample_id", pa.string()), ("image_emb", pa.list_(pa.float32())),
+                        ("text_emb", pa.list_(pa.float32()))])
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    return buf.getvalue()
+
+
+@dataclass
+class ShardWriter:
+    """Rolls shards by sample count and (tar) bytes; writes each whole, records it for the index."""
+
+    store: Store
+    name: str
+    formats: list[str]
+    max_samples: int
+    max_bytes: int
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    _rows: list[dict[str, Any]] = field(default_factory=list)
+    _bytes: int = 0
+
+    @property
+    def shard_no(self) -> int:
+        return len(self.shards)
+
+    def embedding_ref(self) -> dict[str, Any]:
+        """Where the next added sample's embedding will live."""
+        return {"file": f"embeddings/{self.shard_no:06d}.parquet", "row": len(self._rows)}
+
+    def add(self, sample_id: str, png: bytes, prompt: str, record: dict[str, Any],
+            image_emb: list[float], text_emb: list[float]) -> None:
+        self._rows.append({"sample_id": sample_id, "png": png, "prompt": prompt,
+                           "record": json.dumps(record, sort_keys=True), "image_emb": image_emb,
+                           "text_emb": text_emb})
+        self._bytes += len(png) + 2048
+        if len(self._rows) >= self.max_samples or self._bytes >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        n = self.shard_no
+        entry: dict[str, Any] = {"shard": n, "count": len(self._rows), "first": self._rows[0]["sample_id"],
+                                 "last": self._rows[-1]["sample_id"], "files": {}}
+        objects: dict[str, bytes] = {}
+        if "webdataset" in self.formats:
+            buf = io.BytesIO()
+            with wds.TarWriter(buf, mtime=TAR_MTIME, encoder=False) as tw:
+                for r in self._rows:
+                    tw.write({"__key__": r["sample_id"], "png": r["png"], "json": r["record"].encode(),
+                              "txt": r["prompt"].encode()})
+            objects[f"shards/{self.name}-{n:06d}.tar"] = buf.getvalue()
+        if "parquet" in self.formats:
+            objects[f"shards/{self.name}-{n:06d}.parquet"] = _parquet_bytes(self._rows, SHARD_SCHEMA)
+        objects[f"embeddings/{n:06d}.parquet"] = _parquet_bytes(self._rows, EMB_SCHEMA)
+        for key, data in objects.items():
+            self.store.write_bytes(key, data)
+            entry["files"][key] = {"sha256": sha256(data), "bytes": len(data)}
+        self.shards.append(entry)
+        self._rows, self._bytes = [], 0
+
+
+def write_json(store: Store, key: str, obj: Any) -> dict[str, Any]:
+    data = (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode()
+    store.write_bytes(key, data)
+    return {"sha256": sha256(data), "bytes": len(data)}
+
+
+def write_parquet(store: Store, key: str, table: pa.Table) -> dict[str, Any]:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    store.write_bytes(key, buf.getvalue())
+    return {"sha256": sha256(buf.getvalue()), "bytes": buf.tell()}
+
+
+def write_index(store: Store, *, job: dict[str, str], shards: list[dict[str, Any]],
+                files: dict[str, dict[str, Any]], counts: dict[str, int]) -> None:
+    """Written last: a dataset without a valid index is absent to readers."""
+    write_json(store, INDEX, {"format": "synthgen-dataset", "version": 1, "job": job, "counts": counts,
+                              "shards": shards, "files": files})
+
+
+def read_index(store: Store) -> dict[str, Any] | None:
+    if not store.exists(INDEX):
+        return None
+    try:
+        return json.loads(store.read_bytes(INDEX))
+    except json.JSONDecodeError:
+        return None

@@ -1,0 +1,175 @@
+"""The audit report's alignment section: does each image show what its prompt asks for?
+
+CLIPScore from the records (checked against the published embeddings), and, where the prompts are toy-world
+captions, the non-learned toy-world judge on a deterministic subset plus CLIP zero-shot labels from the
+stored embeddings, each compared with the prompt and with each other. A missing toy world or unreachable
+CLIP weights only empty the subsection that needs them, with a note saying why."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.report import metrics as M
+from pipelines.report.data import Dataset
+from pipelines.report.reference import clip_embedder
+from pipelines.report.settings import N_BOOT, SEED
+
+
+@dataclass
+class JudgeResult:
+    available: bool
+    note: str = ""
+    verdicts: dict[int, dict[str, str]] = field(default_factory=dict)  # sample index -> judged attributes
+    specs: dict[int, dict[str, str]] = field(default_factory=dict)  # sample index -> attributes the prompt asks
+
+
+def run_judge(pngs: dict[int, bytes], prompts: list[str]) -> JudgeResult:
+    try:
+        from pipelines.toyworld.captions import parse_caption
+        from pipelines.toyworld import judge
+    except Exception as e:  # noqa: BLE001 - a missing/ broken toy world only removes this subsection
+        return JudgeResult(False, f"toy-world judge not importable ({type(e).__name__}: {e})")
+    from PIL import Image
+
+    specs = {i: parse_caption(prompts[i]) for i in pngs}
+    if not any(specs.values()):
+        return JudgeResult(False, "no prompt is a toy-world caption, so the non-learned judge does not apply")
+    verdicts = {i: judge(Image.open(io.BytesIO(pngs[i]))) for i in sorted(pngs)}
+    return JudgeResult(True, "", verdicts, specs)
+
+
+def _zero_shot_vocab() -> dict[str, dict[str, list[str]]]:
+    """attribute -> label -> prompts: the toy world's own zero-shot vocabulary when it has one."""
+    from pipelines.toyworld.world import COLOURS, SHAPES
+
+    vocab: dict[str, dict[str, list[str]]] = {
+        "colour": {c: [f"a {c} shape"] + [f"a {c} {s}" for s in SHAPES] for c in COLOURS},
+        "shape": {s: [f"a {s}"] + [f"a {c} {s}" for c in COLOURS] for s in SHAPES}}
+    try:
+        from pipelines.toyworld.clip_eval import ZERO_SHOT
+    except Exception:  # noqa: BLE001 - the fallback above is the same vocabulary
+        return vocab
+    out = {}
+    for attr, v in ZERO_SHOT.items():
+        if isinstance(v, dict) and all(isinstance(p, (list, tuple)) for p in v.values()):
+            out[attr] = {str(k): [str(x) for x in p] for k, p in v.items()}
+        elif isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], dict):  # (names, templates)
+            out[attr] = {k: [t.format(n) for t in v[1]] for k, n in v[0].items()}
+    return out or vocab
+
+
+def zero_shot(ds: Dataset, rows: list[int]) -> tuple[dict[str, dict[int, str]], str]:
+    """CLIP zero-shot colour/shape labels of the given samples from their stored image embeddings, with
+    the toy world's class prompts encoded by the dataset's own CLIP."""
+    if ds.samples.img_emb is None:
+        return {}, "no embeddings published"
+    try:
+        embedder = clip_embedder((ds.provenance.get("job_spec") or {}).get("clip"))
+    except Exception as e:  # noqa: BLE001 - weights not reachable from here: the section says so
+        return {}, f"the dataset's CLIP could not be loaded here ({type(e).__name__}: {e})"
+    emb = M.normalise(ds.samples.img_emb[rows])
+    out: dict[str, dict[int, str]] = {}
+    for attr, prompts in _zero_shot_vocab().items():
+        labels = list(prompts)
+        cls = M.normalise(np.stack([embedder.text_embeddings(prompts[c]).mean(0) for c in labels]))
+        if cls.shape[1] != emb.shape[1]:
+            return {}, (f"the CLIP named in provenance embeds text in {cls.shape[1]} dimensions, the published image "
+                        f"embeddings have {emb.shape[1]}")
+        pred = (emb @ cls.T).argmax(1)
+        out[attr] = {r: labels[p] for r, p in zip(rows, pred)}
+    return out, ""
+
+
+def _rate(values: list[bool], seed: int = SEED) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "rate": None, "lo": None, "hi": None}
+    lo, hi = M.bootstrap_ci(np.asarray(values, np.float64), n_boot=N_BOOT, seed=seed)
+    return {"n": len(values), "rate": float(np.mean(values)), "lo": lo, "hi": hi}
+
+
+def alignment_section(ds: Dataset, groups: list[str], by_group: dict[str, list[int]], jr: JudgeResult,
+                      zs: tuple[dict[str, dict[int, str]], str]) -> dict[str, Any]:
+    s = ds.samples
+    clip = np.asarray(s.clip, np.float64)
+    out: dict[str, Any] = {
+        "clipscore": {"formula": "100 * max(cos(image_emb, text_emb), 0)", "scale": "0..100",
+                      "overall": M.summary(clip, seed=SEED),
+                      "per_group": {g: M.summary(clip[by_group[g]], seed=SEED) for g in groups}},
+    }
+    if s.img_emb is not None and s.txt_emb is not None and len(s.ids):
+        from pipelines.embed.clip import clip_score
+
+        recomputed = clip_score(s.img_emb, s.txt_emb)
+        out["clipscore"]["max_abs_diff_records_vs_embeddings"] = float(np.nanmax(np.abs(recomputed - clip)))
+    judge: dict[str, Any] = {"available": jr.available, "note": jr.note}
+    if jr.available:
+        judge |= _judge_agreement(s.group, s.clip, groups, jr)
+        judge["clip_zero_shot"] = _zero_shot_agreement(jr, zs)
+    out["judge"] = judge
+    return out
+
+
+def _judge_agreement(sample_groups: list[str], clip: list[float], groups: list[str],
+                     jr: JudgeResult) -> dict[str, Any]:
+    """How often the judge sees what the prompt asks, per attribute and group; and whether CLIPScore knows."""
+    from pipelines.toyworld.judge import agreement
+
+    per_attr: dict[str, list[bool]] = defaultdict(list)
+    per_group_all: dict[str, list[bool]] = defaultdict(list)
+    all_ok, with_spec = [], []
+    unknown = 0
+    for i, verdict in jr.verdicts.items():
+        spec = jr.specs.get(i) or {}
+        if verdict.get("domain") == "unknown":
+            unknown += 1
+        if not spec:
+            continue
+        agree = agreement(spec, verdict)
+        for k, v in agree.items():
+            per_attr[k].append(bool(v))
+        ok = all(agree.values()) if agree else False
+        all_ok.append(ok)
+        with_spec.append(i)
+        per_group_all[sample_groups[i]].append(ok)
+    out: dict[str, Any] = {
+        "judged": len(jr.verdicts), "unparsed_images": unknown,
+        "unparsed_rate": unknown / max(len(jr.verdicts), 1),
+        "prompt_agreement": {k: _rate(v) for k, v in sorted(per_attr.items())},
+        "all_specified_correct": _rate(all_ok),
+        "per_group_all_specified_correct": {g: _rate(per_group_all[g]) for g in groups if g in per_group_all},
+    }
+    pos = [clip[i] for i, ok in zip(with_spec, all_ok) if ok]
+    neg = [clip[i] for i, ok in zip(with_spec, all_ok) if not ok]
+    out["clipscore_vs_judge"] = {
+        "auc": M.auc(pos, neg), "n_correct": len(pos), "n_incorrect": len(neg),
+        "mean_clipscore_correct": float(np.mean(pos)) if pos else None,
+        "mean_clipscore_incorrect": float(np.mean(neg)) if neg else None,
+        "meaning": "P(CLIPScore of a judge-correct sample > that of a judge-incorrect one); 0.5 = CLIPScore "
+                   "carries no information about what the judge sees",
+    }
+    return out
+
+
+def _zero_shot_agreement(jr: JudgeResult, zs: tuple[dict[str, dict[int, str]], str]) -> dict[str, Any]:
+    """CLIP zero-shot labels vs the judge (single-object images it could read) and vs the prompt."""
+    zsl, zs_note = zs
+    zero: dict[str, Any] = {"available": bool(zsl), "note": zs_note}
+    for attr, labels in sorted(zsl.items()):
+        pairs_j = [(labels[i], jr.verdicts[i].get(attr)) for i in labels
+                   if jr.verdicts.get(i, {}).get("count") == "1" and jr.verdicts[i].get(attr) not in
+                   (None, "unknown")]
+        pairs_p = [(labels[i], jr.specs[i][attr]) for i in labels if attr in (jr.specs.get(i) or {})]
+        pairs_jp = [(jr.verdicts[i].get(attr, "unknown"), jr.specs[i][attr]) for i in labels
+                    if attr in (jr.specs.get(i) or {})]
+        zero[attr] = {
+            "clip_vs_judge": _rate([a == b for a, b in pairs_j]) | {
+                "kappa": M.cohen_kappa([a for a, _ in pairs_j], [b for _, b in pairs_j])},
+            "clip_vs_prompt": _rate([a == b for a, b in pairs_p]),
+            "judge_vs_prompt": _rate([a == b for a, b in pairs_jp]),
+        }
+    return zero

@@ -1,0 +1,284 @@
+"""Dataset metrics on embeddings: pure numpy/scipy, no model, no I/O.
+
+Conventions (the report states them next to every number):
+
+* **CLIPScore** = ``100 * max(cos(image, text), 0)`` on L2-normalised open_clip embeddings, range
+  [0, 100] (Hessel et al. 2021 with w = 100, as torchmetrics; computed by ``pipelines.embed.clip``).
+* **Vendi score** (Friedman & Dieng 2023), order q = 1, cosine kernel on L2-normalised embeddings:
+  ``exp(-sum_i l_i log l_i)`` over the eigenvalues ``l_i`` of ``K / n``, ``K_ij = <x_i, x_j>``. The non-zero
+  eigenvalues of ``X X^T / n`` equal those of the d x d covariance form ``X^T X / n``, which is what is
+  decomposed, so the cost is O(n d^2) rather than O(n^3). Range 1 (all identical) .. min(n, d) (orthogonal).
+* **CMMD** (Jayasumana et al. 2024): squared MMD with a Gaussian RBF kernel
+  ``k(x, y) = exp(-||x - y||^2 / (2 sigma^2))``, sigma = 10, on L2-normalised CLIP embeddings, reported x 1000
+  (the paper's scale). Here with the **unbiased** U-statistic (within-set diagonals excluded), so it is ~0
+  in expectation for two samples of one distribution and can be slightly negative.
+* **FD** (Frechet distance, "FID on CLIP features"): ``||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})`` of
+  Gaussians fitted to the two feature sets. Biased by sample size, so the report computes it on a fixed,
+  stated number of samples per side.
+* **PRDC** (Naeem et al. 2020), k = 5: precision, recall, density, coverage with k-NN balls in Euclidean
+  distance, strict ``<`` as the reference implementation.
+* Confidence intervals: percentile bootstrap, 95 %, fixed seed (deterministic).
+
+Everything that touches n x m distances works in row blocks, so memory is O(block * m), never O(n * m).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+CMMD_SIGMA = 10.0
+CMMD_SCALE = 1000.0
+PRDC_K = 5
+BLOCK = 512  # rows per block of a distance matrix: memory O(BLOCK * m)
+BOOT_CHUNK = 2_000_000  # values resampled at a time by the bootstrap
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), as float64."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-d array (n, d), got shape {x.shape}")
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(n > 0, n, 1.0)
+
+
+# ---------------------------------------------------------------- diversity
+
+
+def vendi_score(x: np.ndarray, normalised: bool = False) -> float:
+    """Vendi score (q = 1) with the cosine kernel, via the d x d covariance form.
+
+    ``x``: (n, d) embeddings. Identical rows give 1, n mutually orthogonal rows give n.
+    """
+    x = np.asarray(x, np.float64) if normalised else normalise(x)
+    n = x.shape[0]
+    if n == 0:
+        return float("nan")
+    cov = x.T @ x / n  # same non-zero spectrum as K / n, K = X X^T
+    lam = np.linalg.eigvalsh(cov)
+    lam = lam[lam > 1e-12]
+    lam = lam / lam.sum()  # trace(K / n) = 1 for unit rows; renormalise against rounding
+    return float(np.exp(-np.sum(lam * np.log(lam))))
+
+
+def vendi_score_kernel(k: np.ndarray) -> float:
+    """Vendi score from an explicit n x n similarity matrix with unit diagonal (the O(n^3) definition)."""
+    n = k.shape[0]
+    lam = np.linalg.eigvalsh(np.asarray(k, np.float64) / n)
+    lam = lam[lam > 1e-12]
+    return float(np.exp(-np.sum(lam * np.log(lam))))
+
+
+# ---------------------------------------------------------------- distances between sets
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d, 0.0)
+
+
+def _kernel_sum(a: np.ndarray, b: np.ndarray, gamma: float, exclude_diagonal: bool) -> float:
+    """Sum of exp(-gamma ||a_i - b_j||^2) over all pairs (diagonal left out when a is b), in row blocks."""
+    total = 0.0
+    for s in range(0, a.shape[0], BLOCK):
+        blk = np.exp(-gamma * _sq_dists(a[s:s + BLOCK], b))
+        if exclude_diagonal:
+            idx = np.arange(blk.shape[0])
+            blk[idx, s + idx] = 0.0
+        total += float(blk.sum())
+    return total
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA) -> float:
+    """Unbiased estimate of squared MMD with the Gaussian RBF kernel (bandwidth ``sigma``)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    m, n = x.shape[0], y.shape[0]
+    if m < 2 or n < 2:
+        raise ValueError("unbiased MMD needs at least 2 samples per set")
+    gamma = 1.0 / (2.0 * sigma * sigma)
+    kxx = _kernel_sum(x, x, gamma, True) / (m * (m - 1))
+    kyy = _kernel_sum(y, y, gamma, True) / (n * (n - 1))
+    kxy = _kernel_sum(x, y, gamma, False) / (m * n)
+    return kxx + kyy - 2.0 * kxy
+
+
+def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE) -> float:
+    """CMMD: unbiased RBF MMD^2 on L2-normalised embeddings, x ``scale`` (1000)."""
+    return scale * mmd2_unbiased(normalise(x), normalise(y), sigma)
+
+
+def gaussian_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, np.float64)
+    return x.mean(0), np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """Frechet distance of N(mu1, s1) and N(mu2, s2).
+
+    ``Tr((S1 S2)^{1/2}) = Tr((S1^{1/2} S2 S1^{1/2})^{1/2})``; the inner matrix is symmetric PSD, so its
+    eigenvalues are real and >= 0 (no complex sqrtm round-off as with scipy.linalg.sqrtm).
+    """
+    r = _psd_sqrt(s1)
+    m = r @ s2 @ r
+    tr_cross = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_cross), 0.0)
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """FD between Gaussians fitted to two feature sets (rows = samples), on the features as given."""
+    return frechet_distance_stats(*gaussian_stats(x), *gaussian_stats(y))
+
+
+def knn_radii(x: np.ndarray, k: int = PRDC_K) -> np.ndarray:
+    """Distance of each row to its k-th nearest other row (Euclidean)."""
+    x = np.asarray(x, np.float64)
+    if x.shape[0] <= k:
+        raise ValueError(f"need more than k={k} samples, got {x.shape[0]}")
+    out = np.empty(x.shape[0])
+    for s in range(0, x.shape[0], BLOCK):
+        d = _sq_dists(x[s:s + BLOCK], x)
+        out[s:s + BLOCK] = np.sqrt(np.partition(d, k, axis=1)[:, k])  # index 0 is the point itself
+    return out
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K) -> dict[str, float]:
+    """Precision, recall, density, coverage (Naeem et al. 2020) of ``fake`` against ``real``."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    r_rad, f_rad = knn_radii(real, k), knn_radii(fake, k)
+    inside_count = np.zeros(fake.shape[0])  # per fake: real balls containing it
+    real_covered_by_fake_ball = np.zeros(real.shape[0], bool)  # recall
+    real_nn = np.full(real.shape[0], np.inf)  # per real: nearest fake (coverage)
+    for s in range(0, fake.shape[0], BLOCK):
+        d = np.sqrt(_sq_dists(real, fake[s:s + BLOCK]))  # (R, Fb)
+        inside_count[s:s + BLOCK] = (d < r_rad[:, None]).sum(0)
+        real_covered_by_fake_ball |= (d < f_rad[None, s:s + BLOCK]).any(1)
+        real_nn = np.minimum(real_nn, d.min(1))
+    return {
+        "precision": float((inside_count > 0).mean()),
+        "recall": float(real_covered_by_fake_ball.mean()),
+        "density": float(inside_count.sum() / (k * fake.shape[0])),
+        "coverage": float((real_nn < r_rad).mean()),
+    }
+
+
+def top1_cosine(x: np.ndarray, ref: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``x``: the highest cosine similarity to a row of ``ref`` and that row's index.
+
+    ``exclude_self``: ``x`` is ``ref`` and the match of a row with itself does not count.
+    """
+    x, ref = normalise(x), normalise(ref)
+    best = np.full(x.shape[0], -np.inf)
+    arg = np.zeros(x.shape[0], np.int64)
+    if ref.shape[0] == 0:
+        return best, arg
+    for s in range(0, x.shape[0], BLOCK):
+        sim = x[s:s + BLOCK] @ ref.T
+        if exclude_self:
+            idx = np.arange(sim.shape[0])
+            sim[idx, s + idx] = -np.inf
+        arg[s:s + BLOCK] = sim.argmax(1)
+        best[s:s + BLOCK] = sim[np.arange(sim.shape[0]), arg[s:s + BLOCK]]
+    return best, arg
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray], np.ndarray] | None = None,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` (default: mean) of a 1-d sample.
+
+    ``stat`` takes a (B, n) array of resamples and returns B values (vectorised).
+    """
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    per = max(1, min(n_boot, BOOT_CHUNK // v.size))  # resamples drawn at a time: memory O(BOOT_CHUNK), not O(B n)
+    parts = []
+    for start in range(0, n_boot, per):
+        resamples = v[rng.integers(0, v.size, size=(min(per, n_boot - start), v.size))]
+        parts.append(resamples.mean(1) if stat is None else np.asarray(stat(resamples)))
+    stats = np.concatenate(parts)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(stats, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def proportions_ci(labels: Sequence[str], categories: Sequence[str] | None = None, n_boot: int = 1000,
+                   level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Share of each category with a percentile bootstrap interval.
+
+    Resampling n labels with replacement is a multinomial draw with the observed shares, so the
+    bootstrap is done as ``n_boot`` multinomial draws (identical in distribution, O(n_boot * k)).
+    """
+    labels = list(labels)
+    cats = list(categories) if categories is not None else sorted(set(labels))
+    n = len(labels)
+    if n == 0:
+        return {c: {"share": float("nan"), "lo": float("nan"), "hi": float("nan"), "count": 0} for c in cats}
+    counts = np.array([labels.count(c) for c in cats], np.float64)
+    p = counts / n
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, p / p.sum() if p.sum() > 0 else np.full(len(cats), 1 / len(cats)),
+                            size=n_boot) / n
+    a = (1 - level) / 2
+    lo, hi = np.quantile(draws, [a, 1 - a], axis=0)
+    return {c: {"share": float(p[i]), "lo": float(lo[i]), "hi": float(hi[i]), "count": int(counts[i])}
+            for i, c in enumerate(cats)}
+
+
+def summary(values: Sequence[float] | np.ndarray, seed: int = 0) -> dict[str, float]:
+    """n, mean (95 % bootstrap CI), std, min, quartiles, max of a 1-d sample."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"n": 0}
+    lo, hi = bootstrap_ci(v, seed=seed)
+    q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {"n": int(v.size), "mean": float(v.mean()), "mean_ci_lo": lo, "mean_ci_hi": hi,
+            "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "min": float(q[0]), "q25": float(q[1]),
+            "median": float(q[2]), "q75": float(q[3]), "max": float(q[4])}
+
+
+def auc(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray) -> float:
+    """ROC AUC = P(score of a positive > score of a negative), ties counted 1/2 (Mann-Whitney U / mn)."""
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    ranks = _average_ranks(np.concatenate([pos, neg]))
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))
+
+
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (scipy.stats.rankdata's default)."""
+    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    return ((upper - counts + 1 + upper) / 2.0)[inv]
+
+
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
+    """Cohen's kappa of two labelings of the same items (1 = perfect, 0 = chance level)."""
+    a, b = list(a), list(b)
+    if not a:
+        return float("nan")
+    cats = sorted(set(a) | set(b))
+    po = float(np.mean([x == y for x, y in zip(a, b)]))
+    pe = sum((a.count(c) / len(a)) * (b.count(c) / len(b)) for c in cats)
+    return float("nan") if pe >= 1 else (po - pe) / (1 - pe)
+
+
+def subsample_indices(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """A deterministic, sorted random subset of range(n) of at most ``size`` indices."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
