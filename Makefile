@@ -23,9 +23,11 @@ tiny-models: install
 demo: install
 	$(BIN)/synthgen run jobs/demo.yaml --overwrite  # out/demo is scratch: replace an older demo
 
-# Headless Chromium for the audit-report browser test (Debian package; CI machines start without it).
+# Test tools from Debian (CI machines start without them): headless Chromium for the audit-report
+# browser test, dicom3tools' dciodvfy (the DICOM standard's IOD validator) for the DICOM output test.
 browser:
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	(command -v chromium >/dev/null && command -v dciodvfy >/dev/null) || \
+	  (apt-get update -qq && apt-get install -y -qq chromium dicom3tools)
 
 test: install tiny-models browser
 	$(BIN)/python -m pytest -q tests
