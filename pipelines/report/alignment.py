@@ -31,7 +31,7 @@ class JudgeResult:
 def run_judge(pngs: dict[int, bytes], prompts: list[str]) -> JudgeResult:
     try:
         from pipelines.toyworld.captions import parse_caption
-        from pipelines.toyworld import judge
+        from pipelines.toyworld.judge import judge
     except Exception as e:  # noqa: BLE001 - a missing/ broken toy world only removes this subsection
         return JudgeResult(False, f"toy-world judge not importable ({type(e).__name__}: {e})")
     from PIL import Image
