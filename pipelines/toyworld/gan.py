@@ -31,8 +31,10 @@ ATTRIBUTES: dict[str, list[str]] = {
     "shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES),
     "position": list(POSITIONS), "background": list(BACKGROUNDS),
 }
-DEFAULT_CONFIG: dict[str, Any] = {"z_dim": 64, "emb_dim": 16, "base": 64, "image_size": 32,
-                                  "attributes": ATTRIBUTES}
+# "module" names the installed module that implements this architecture (load_generator, generate):
+# the core GAN backend imports it from here, as diffusers imports a component's `_class_name`.
+DEFAULT_CONFIG: dict[str, Any] = {"module": "pipelines.toyworld.gan", "z_dim": 64, "emb_dim": 16, "base": 64,
+                                  "image_size": 32, "attributes": ATTRIBUTES}
 
 
 class LabelEmbedding(nn.Module):

@@ -4,9 +4,18 @@ A sample's conditioning labels are its manifest ``attributes`` restricted to the
 vocabulary (``config.json: attributes``); unspecified labels are drawn from the model's prior,
 deterministically from the sample seed. The latent is drawn from the sample's own generator, so
 batch composition never changes an image.
+
+The architecture is a plug-in: ``config.json: module`` names an installed module with
+``load_generator(dir)`` and ``generate(model, labels, seeds)`` (the toy GAN names
+``pipelines.toyworld.gan``), so the core imports no particular GAN. Only installed modules are
+imported, never code from the model folder (the same line as ``trust_remote_code=False``).
 """
 
 from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,10 +27,9 @@ from pipelines.publish.provenance import weights_sha256
 
 class GanBackend:
     def __init__(self, spec: GeneratorSpec):
-        from pipelines.toyworld.gan import load_generator
-
         self.spec = spec
-        model, self.config = load_generator(spec.model)
+        self.arch = architecture(spec.model)
+        model, self.config = self.arch.load_generator(spec.model)
         self.model = model.to(spec.device)
         self.vocabulary: dict[str, list[str]] = self.config["attributes"]
         self.info = {
@@ -38,10 +46,20 @@ class GanBackend:
         return {k: v for k, v in s.attributes.items() if k in self.vocabulary}
 
     def generate(self, samples: list[Sample]) -> list[np.ndarray]:
-        from pipelines.toyworld.gan import generate
-
         size = int(self.config["image_size"])
         bad = [s.sample_id for s in samples if (s.height, s.width) != (size, size)]
         if bad:
             raise ValueError(f"GAN generates {size}x{size} only; samples {bad[:3]} ask for another size")
-        return list(generate(self.model, [self.labels(s) for s in samples], [s.seed for s in samples]))
+        return list(self.arch.generate(self.model, [self.labels(s) for s in samples], [s.seed for s in samples]))
+
+
+def architecture(model_dir: str):
+    """The module named by the generator's ``config.json: module`` (see the module docstring)."""
+    config_path = Path(model_dir) / "config.json"
+    try:
+        name = json.loads(config_path.read_text()).get("module")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{config_path}: not a readable GAN config ({e})") from None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{config_path}: 'module' must name the installed module implementing the GAN")
+    return importlib.import_module(name)
