@@ -198,7 +198,7 @@ def main() -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     CACHE.mkdir(parents=True, exist_ok=True)
-    from pipelines.report.build import build_toyworld_reference
+    from pipelines.toyworld.reference import build_toyworld_reference
 
     ref = CACHE / f"ref-{a.reference}"
     if not (ref / "reference.parquet").exists():

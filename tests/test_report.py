@@ -18,6 +18,7 @@ from PIL import Image
 from pipelines.report import metrics as M
 from pipelines.report import build as R
 from pipelines.io.store import Store
+from pipelines.toyworld.reference import build_toyworld_reference
 
 from .conftest import job_dict
 
@@ -42,7 +43,7 @@ def toy_reference(tmp_path_factory, ds: Path) -> str:
     out = tmp_path_factory.getbasetemp() / "report-dataset" / "ref"
     if not (out / "reference.parquet").exists():
         clip = json.loads((ds / "provenance.json").read_text())["job_spec"]["clip"]
-        R.build_toyworld_reference(str(out), clip, n=120, seed=1)
+        build_toyworld_reference(str(out), clip, n=120, seed=1)
     return str(out)
 
 

@@ -1,9 +1,9 @@
 """The audit report's alignment section: does each image show what its prompt asks for?
 
-CLIPScore from the records (checked against the published embeddings), and, where the prompts are toy-world
-captions, the non-learned toy-world judge on a deterministic subset plus CLIP zero-shot labels from the
-stored embeddings, each compared with the prompt and with each other. A missing toy world or unreachable
-CLIP weights only empty the subsection that needs them, with a note saying why."""
+CLIPScore from the records (checked against the published embeddings), and, where the prompts are in a judge
+plug-in's caption language (the toy world registers one), the plug-in's non-learned judge on a deterministic
+subset plus CLIP zero-shot labels from the stored embeddings, each compared with the prompt and with each other.
+A missing plug-in or unreachable CLIP weights only empty the subsection that needs them, with a note saying why."""
 
 from __future__ import annotations
 
@@ -26,46 +26,40 @@ class JudgeResult:
     note: str = ""
     verdicts: dict[int, dict[str, str]] = field(default_factory=dict)  # sample index -> judged attributes
     specs: dict[int, dict[str, str]] = field(default_factory=dict)  # sample index -> attributes the prompt asks
+    plugin: Any = None  # the judge plug-in that produced the verdicts
+
+
+def judge_plugin() -> tuple[Any, str]:
+    """The first judge plug-in installed (entry point group ``synthgen.judges``, by name), or a note why none.
+
+    Plug-ins keep the core free of any world's vocabulary: the toy world registers one in pyproject.toml."""
+    from importlib.metadata import entry_points
+
+    notes = []
+    for ep in sorted(entry_points(group="synthgen.judges"), key=lambda e: e.name):
+        try:
+            return ep.load(), ""
+        except Exception as e:  # noqa: BLE001 - a broken plug-in only removes this subsection
+            notes.append(f"judge plug-in '{ep.name}' not importable ({type(e).__name__}: {e})")
+    return None, "; ".join(notes) or "no judge plug-in installed (entry point group synthgen.judges)"
 
 
 def run_judge(pngs: dict[int, bytes], prompts: list[str]) -> JudgeResult:
-    try:
-        from pipelines.toyworld.captions import parse_caption
-        from pipelines.toyworld.judge import judge
-    except Exception as e:  # noqa: BLE001 - a missing/ broken toy world only removes this subsection
-        return JudgeResult(False, f"toy-world judge not importable ({type(e).__name__}: {e})")
+    plugin, note = judge_plugin()
+    if plugin is None:
+        return JudgeResult(False, note)
     from PIL import Image
 
-    specs = {i: parse_caption(prompts[i]) for i in pngs}
+    specs = {i: plugin.parse_caption(prompts[i]) for i in pngs}
     if not any(specs.values()):
-        return JudgeResult(False, "no prompt is a toy-world caption, so the non-learned judge does not apply")
-    verdicts = {i: judge(Image.open(io.BytesIO(pngs[i]))) for i in sorted(pngs)}
-    return JudgeResult(True, "", verdicts, specs)
+        return JudgeResult(False, "no prompt is in the judge plug-in's caption language, so its judge does not apply")
+    verdicts = {i: plugin.judge(Image.open(io.BytesIO(pngs[i]))) for i in sorted(pngs)}
+    return JudgeResult(True, "", verdicts, specs, plugin)
 
 
-def _zero_shot_vocab() -> dict[str, dict[str, list[str]]]:
-    """attribute -> label -> prompts: the toy world's own zero-shot vocabulary when it has one."""
-    from pipelines.toyworld.world import COLOURS, SHAPES
-
-    vocab: dict[str, dict[str, list[str]]] = {
-        "colour": {c: [f"a {c} shape"] + [f"a {c} {s}" for s in SHAPES] for c in COLOURS},
-        "shape": {s: [f"a {s}"] + [f"a {c} {s}" for c in COLOURS] for s in SHAPES}}
-    try:
-        from pipelines.toyworld.clip_eval import ZERO_SHOT
-    except Exception:  # noqa: BLE001 - the fallback above is the same vocabulary
-        return vocab
-    out = {}
-    for attr, v in ZERO_SHOT.items():
-        if isinstance(v, dict) and all(isinstance(p, (list, tuple)) for p in v.values()):
-            out[attr] = {str(k): [str(x) for x in p] for k, p in v.items()}
-        elif isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], dict):  # (names, templates)
-            out[attr] = {k: [t.format(n) for t in v[1]] for k, n in v[0].items()}
-    return out or vocab
-
-
-def zero_shot(ds: Dataset, rows: list[int]) -> tuple[dict[str, dict[int, str]], str]:
+def zero_shot(ds: Dataset, rows: list[int], plugin: Any) -> tuple[dict[str, dict[int, str]], str]:
     """CLIP zero-shot colour/shape labels of the given samples from their stored image embeddings, with
-    the toy world's class prompts encoded by the dataset's own CLIP."""
+    the judge plug-in's class prompts encoded by the dataset's own CLIP."""
     if ds.samples.img_emb is None:
         return {}, "no embeddings published"
     try:
@@ -74,7 +68,7 @@ def zero_shot(ds: Dataset, rows: list[int]) -> tuple[dict[str, dict[int, str]], 
         return {}, f"the dataset's CLIP could not be loaded here ({type(e).__name__}: {e})"
     emb = M.normalise(ds.samples.img_emb[rows])
     out: dict[str, dict[int, str]] = {}
-    for attr, prompts in _zero_shot_vocab().items():
+    for attr, prompts in plugin.zero_shot_vocab().items():
         labels = list(prompts)
         cls = M.normalise(np.stack([embedder.text_embeddings(prompts[c]).mean(0) for c in labels]))
         if cls.shape[1] != emb.shape[1]:
@@ -117,8 +111,7 @@ def alignment_section(ds: Dataset, groups: list[str], by_group: dict[str, list[i
 def _judge_agreement(sample_groups: list[str], clip: list[float], groups: list[str],
                      jr: JudgeResult) -> dict[str, Any]:
     """How often the judge sees what the prompt asks, per attribute and group; and whether CLIPScore knows."""
-    from pipelines.toyworld.judge import agreement
-
+    agreement = jr.plugin.agreement
     per_attr: dict[str, list[bool]] = defaultdict(list)
     per_group_all: dict[str, list[bool]] = defaultdict(list)
     all_ok, with_spec = [], []

@@ -15,7 +15,7 @@ rounded to 6 significant digits).
 Sections (HTML ids): ``summary``, ``groups``, ``alignment``, ``diversity``, ``reference``, ``safety``,
 ``curation``, ``methods``.
 
-This module is the entry point (build, publish, write, ``python -m pipelines.report.build``); the work is in
+This module is the entry point (build, publish, write); the work is in
 ``report_data`` (reading), ``report_reference``, ``report_alignment``, ``report_sections``,
 ``report_curation`` (the sections), ``report_plots`` (figures) and ``report_settings``. Their names are
 re-exported here, so ``pipelines.report.build`` keeps its interface.
@@ -53,7 +53,7 @@ from pipelines.report.plots import curation_plots, fmt, get_plt, png_thumb, safe
 from pipelines.report.plots import group_attr_plot as _group_attr_plot
 from pipelines.report.plots import hist as _hist
 from pipelines.report.plots import rates_plot as _rates_plot
-from pipelines.report.reference import IMAGE_EXT, Reference, build_toyworld_reference, load_reference, reference_section
+from pipelines.report.reference import IMAGE_EXT, Reference, load_reference, reference_section
 from pipelines.report.sections import diversity_section, perceived_section, planned_by_group, safety_section, summary_section
 from pipelines.report.settings import (
     CLOSEST_PAIRS,
@@ -83,7 +83,7 @@ __all__ = [
     "CLOSEST_PAIRS", "DIST_SAMPLE", "FD_SAMPLE", "FLAGGED_SHOWN", "GRID_PER_GROUP", "IMAGE_EXT", "JUDGE_PER_GROUP",
     "KNOWN_DECISION_COLUMNS", "MAX_ATTRS_PLOTTED", "MAX_GROUPS_SHOWN", "MEMO_THRESHOLD", "N_BOOT", "NEAR_DUP_COS",
     "PERCEIVED_ORDER", "REF_MAX", "REPORT_FORMAT", "REPORT_VERSION", "SEED", "THUMB_MAX", "Dataset", "DecisionView",
-    "JudgeResult", "Reference", "ReportError", "Samples", "ShardFiles", "build_report", "build_toyworld_reference",
+    "JudgeResult", "Reference", "ReportError", "Samples", "ShardFiles", "build_report", 
     "decision_view", "group_key", "iter_records", "load_dataset", "load_reference", "main", "publish_report",
     "read_pngs", "report_bytes", "write_report",
     # private names kept for the tests and older callers
@@ -171,7 +171,7 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
         pngs |= {idx_of[k]: v for k, v in read_pngs(store, sh, ids_here).items()}
     thumbs = {i: png_thumb(pngs[i]) for i in sorted(thumb_rows) if i in pngs}
     jr = run_judge({i: pngs[i] for i in judge_rows if i in pngs}, s.prompt)
-    zs = zero_shot(ds, sorted(jr.verdicts)) if jr.available else ({}, "")
+    zs = zero_shot(ds, sorted(jr.verdicts), jr.plugin) if jr.available else ({}, "")
     del pngs
 
     perceived, source = perceived_section(groups, by_group, ds, dv, dec_groups, jr)
@@ -258,25 +258,3 @@ def write_report(dataset_url: str, out: str, reference: str | None = None,
     target.write_bytes(f"{stem}.json", js)
     base = (root + "/") if root else ""
     return f"{base}{html_name}", f"{base}{stem}.json", report
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m pipelines.report.build make-reference OUT_URL --dataset URL [--n N]``: a toy-world reference
-    set embedded with a dataset's CLIP."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m pipelines.report.build")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    mk = sub.add_parser("make-reference")
-    mk.add_argument("out")
-    mk.add_argument("--dataset", required=True, help="published dataset whose CLIP embeds the reference")
-    mk.add_argument("--n", type=int, default=2000)
-    mk.add_argument("--seed", type=int, default=0)
-    mk.add_argument("--size", type=int, default=32)
-    a = p.parse_args(argv)
-    prov = read_json(Store(a.dataset), "provenance.json") or {}
-    print(build_toyworld_reference(a.out, (prov.get("job_spec") or {}).get("clip"), a.n, a.seed, a.size))
-
-
-if __name__ == "__main__":
-    main()

@@ -149,38 +149,6 @@ def _embed_image_folder(url: str, store: Store, images: list[str], clip_spec: di
     return Reference(url, "images", keys, np.concatenate(embs), embedder.info, store, [(k, -1) for k in keys])
 
 
-def build_toyworld_reference(url: str, clip_spec: dict[str, Any], n: int = 2000, seed: int = 0, size: int = 32,
-                             storage_options: dict[str, Any] | None = None) -> str:
-    """Write a procedural toy-world reference set (``reference.parquet``: sample_id, png, image_emb,
-    attributes) embedded with the given CLIP, drawn from the world's prior. Returns the file's URL."""
-    from PIL import Image
-
-    from pipelines.toyworld import world
-
-    embedder = clip_embedder(clip_spec)
-    rng = np.random.default_rng(seed)
-    rows: dict[str, list[Any]] = {"sample_id": [], "png": [], "attributes": []}
-    pil = []
-    for i in range(n):
-        attrs = world.sample_attributes(rng)
-        arr = world.render(attrs, seed * 1_000_003 + i, size)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        rows["sample_id"].append(f"ref-{i:06d}")
-        rows["png"].append(buf.getvalue())
-        rows["attributes"].append(json.dumps(attrs.flat(), sort_keys=True))
-        pil.append(Image.fromarray(arr))
-    emb = embedder.image_embeddings(pil)
-    table = pa.table({**rows, "image_emb": pa.array(list(emb), pa.list_(pa.float32()))})
-    meta = {"kind": "toyworld-prior", "n": n, "seed": seed, "size": size}
-    table = table.replace_schema_metadata({b"synthgen.clip": json.dumps(embedder.info).encode(),
-                                           b"synthgen.reference": json.dumps(meta).encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    Store(url, storage_options).write_bytes("reference.parquet", buf.getvalue())
-    return url.rstrip("/") + "/reference.parquet"
-
-
 def reference_section(ds: Dataset, ref: Reference | None, ref_error: str | None,
                       dv: DecisionView | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(json section, extra for the HTML: pair rows, similarity arrays)."""
