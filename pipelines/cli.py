@@ -129,7 +129,7 @@ def verify(
                                         "(credentials come from the environment)."),
 ) -> None:
     """Check every shard and file of a published dataset against its index (exit 1 on problems)."""
-    from pipelines.publish import verify as verify_dataset
+    from pipelines.publish.verify import verify as verify_dataset
 
     problems, index = verify_dataset(url, json.loads(storage_options))
     for p in problems:
