@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pipelines.errors import SpecError
 
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML's .nan/.inf pass every ge/le bound silently and would run.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TemplateSpec(Strict):
@@ -28,6 +30,8 @@ class TemplateSpec(Strict):
     num_images: int = Field(default=1, ge=1, le=10000)
     negative_prompt: str | None = None
     id_prefix: str = Field(default="p", pattern=r"^[A-Za-z0-9_-]+$")
+    attributes: dict[str, str] = Field(default_factory=dict, description="Fixed attributes added to every row "
+                                       "of this grid (e.g. {nodule: present}); slot values win on a clash.")
 
     @model_validator(mode="after")
     def _slots_cover_template(self) -> "TemplateSpec":
@@ -47,7 +51,8 @@ class ManifestSpec(Strict):
     """Exactly one of ``path`` (Parquet file/dir, any fsspec URL) or ``template``."""
 
     path: str | None = None
-    template: TemplateSpec | None = None
+    template: TemplateSpec | list[TemplateSpec] | None = Field(
+        default=None, description="A grid, or a list of grids (their rows concatenated; id_prefix must differ).")
     storage_options: dict[str, Any] | None = Field(default=None, description="For path; default: output's.")
 
     @model_validator(mode="after")
@@ -72,9 +77,43 @@ class GeneratorSpec(Strict):
                                 "(feature statistics) loss relative to the content loss.")
     batch_size: int = Field(default=8, ge=1)
     device: str = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # The fast path (diffusion backend). Unset keys default by device: what suits a GPU on CUDA, and
+    # exactly the old behaviour (float32, no layout change) elsewhere, so CPU datasets stay identical.
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(default=None, description="Weights and compute "  # type: ignore[assignment]
+                                                             "dtype; default float16 on CUDA, else float32.")
+    variant: str | None = Field(default=None, description="Weights variant files to load, e.g. 'fp16'.")
+    attention: Literal["sdpa", "eager"] = Field(default="sdpa", description="sdpa: torch's "
+                                                "scaled_dot_product_attention (diffusers' default on torch 2).")
+    channels_last: bool = Field(default=None, description="UNet/VAE in channels_last memory format; "  # type: ignore[assignment]
+                                "default on for CUDA.")
+    compile: bool = Field(default=False, description="torch.compile the denoiser and VAE decoder.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "reduce-overhead"
+    pad_batches: bool = Field(default=None, description="Pad every batch to batch_size (padding discarded) "  # type: ignore[assignment]
+                              "so shapes stay fixed; default: on with compile.")
+    vae_slicing: bool = Field(default=None, description="Decode one image at a time; default on from "  # type: ignore[assignment]
+                              "1024x1024 pixels.")
+    vae_tiling: bool = Field(default=False, description="Decode in tiles (very large sizes; may show seams).")
     allow_pickle: bool = Field(default=False, description="Allow non-safetensors (pickle) weights. Off: unsafe.")
     trust_remote_code: bool = Field(default=False, description="Allow custom pipeline code from the model repo.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_defaults(cls, data: Any) -> Any:
+        """Fill the unset fast-path keys from the device, so the resolved spec (and its fingerprint)
+        says what actually ran."""
+        if not isinstance(data, dict):
+            return data
+        d = dict(data)
+        cuda = str(d.get("device", "cpu")).startswith("cuda")
+        try:
+            big = int(d.get("height") or 64) * int(d.get("width") or 64) >= 1024 * 1024
+        except (TypeError, ValueError):
+            big = False  # the field's own validation reports it
+        for key, value in (("dtype", "float16" if cuda else "float32"), ("channels_last", cuda),
+                           ("pad_batches", d.get("compile") is True), ("vae_slicing", big)):
+            if d.get(key) is None:
+                d[key] = value
+        return d
 
 
 class ClipSpec(Strict):
@@ -101,6 +140,8 @@ class PoolSpec(Strict):
 class ResourcesSpec(Strict):
     generate: PoolSpec = PoolSpec(size=2)
     embed: PoolSpec = PoolSpec(size=1, num_cpus=0.25)
+    encode: PoolSpec = Field(default=PoolSpec(size=2, num_cpus=0.25), description="CPU tasks beside the "
+                             "generators (input decoding, PNG encoding, hashes): size = tasks at once, num_cpus each.")
     ray_num_cpus: int | None = Field(default=None, description="CPUs for a local cluster (default: all).")
     actor_start_timeout_s: int = Field(default=600, ge=1, description="Wait this long for every pool actor to "
                                        "start before streaming; past it, fail instead of hanging (a pool that "
@@ -117,6 +158,10 @@ class OutputSpec(Strict):
     retries: int = Field(default=6, ge=1, description="Attempts per storage operation (backoff with jitter).")
     retry_base_delay_s: float = Field(default=0.2, ge=0.0)
     lease_stale_after_s: float = Field(default=60.0, gt=0, description="A lease without heartbeat this long is taken over.")
+    lease_wait_s: float | None = Field(default=None, ge=0, description="How long a run waits for another run's "
+                                       "lease to go stale before failing with exit 3 (default 1.5 x "
+                                       "lease_stale_after_s); a lease whose holder died on this host is taken "
+                                       "over at once.")
 
     @field_validator("url")
     @classmethod
@@ -280,6 +325,31 @@ class CurationSpec(Strict):
         return self
 
 
+class C2paSpec(Strict):
+    """Signed C2PA manifest on every published image (``pipelines.publish.c2pa``)."""
+
+    enabled: bool = True
+    cert: str | None = Field(default=None, description="PEM certificate chain, end-entity first; default "
+                             "$SYNTHGEN_C2PA_CERT, else a local development chain (valid, root untrusted).")
+    key: str | None = Field(default=None, description="PEM private key file (e.g. a mounted secret); default "
+                            "$SYNTHGEN_C2PA_KEY. Read only where images are signed; never recorded.")
+
+
+class WatermarkSpec(Strict):
+    """Invisible DWT-DCT watermark naming the dataset and sample (``pipelines.publish.watermark``)."""
+
+    enabled: bool | None = Field(default=None, description="Default: on for natural images, off for medical.")
+    strength: float = Field(default=24.0, gt=0.0, le=128.0, description="Quantisation step of the marked "
+                            "coefficient (24: at most 1.5 grey levels per 8x8 block).")
+
+
+class ProvenanceSpec(Strict):
+    domain: Literal["natural", "medical"] | None = Field(default=None, description="Default: medical when "
+                                                          "output.formats has dicom, else natural.")
+    c2pa: C2paSpec = C2paSpec()
+    watermark: WatermarkSpec = WatermarkSpec()
+
+
 class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -293,6 +363,48 @@ class JobSpec(Strict):
     screen: ScreenSpec = ScreenSpec()
     curation: CurationSpec = CurationSpec()
     output: OutputSpec
+    provenance: ProvenanceSpec = ProvenanceSpec()
+
+    @model_validator(mode="after")
+    def _watermark_fits(self) -> "JobSpec":
+        if not self.provenance.watermark.enabled:
+            return self
+        from pipelines.publish.watermark import MIN_SIDE
+
+        g = self.generator
+        if min(g.height, g.width) < MIN_SIDE:
+            raise ValueError(f"provenance.watermark.enabled needs images of at least {MIN_SIDE}x{MIN_SIDE} "
+                             f"(generator is {g.width}x{g.height}); the mark does not fit smaller ones")
+        return self
+
+    # Where the spec came from, and the paths the loader made absolute as the file wrote them
+    # (dotted key -> value): what is published shows these, never a path of the machine that ran it.
+    _source: str = PrivateAttr(default="job spec")
+    _written: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def as_written(self, key: str) -> Any:
+        """The value at dotted ``key`` as the spec said it (a spec-relative path as written)."""
+        if key in self._written:
+            return self._written[key]
+        value: Any = self
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, (list, tuple)) else getattr(value, part)
+        return value
+
+    def published_dump(self) -> dict[str, Any]:
+        """``model_dump()`` with every resolved path put back as written: for provenance and fingerprints."""
+        data = self.model_dump()
+        for key, value in self._written.items():
+            *parents, last = key.split(".")
+            node: Any = data
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            node[int(last) if isinstance(node, list) else last] = value
+        return data
 
     def with_overrides(self, *, out: str | None = None, manifest: str | None = None) -> "JobSpec":
         """CLI overrides, re-validated through the same models."""
@@ -301,7 +413,10 @@ class JobSpec(Strict):
             data["output"]["url"] = out
         if manifest:
             data["manifest"] = {"path": manifest}
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
+        spec._source = self._source
+        spec._written = {k: v for k, v in self._written.items() if not (manifest and k.startswith("manifest."))}
+        return spec
 
 
 def _resolve_relative(spec: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -355,9 +470,10 @@ def load_job(path: str | Path) -> JobSpec:
         raise SpecError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{p}: a job spec must be a mapping at the top level")
+    written = copy.deepcopy(raw)
     raw = _resolve_relative(raw, p.resolve().parent)
     try:
-        return JobSpec.model_validate(raw)
+        spec = JobSpec.model_validate(raw)
     except ValidationError as e:
         lines = []
         for err in e.errors():
@@ -365,3 +481,21 @@ def load_job(path: str | Path) -> JobSpec:
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"{p}: field '{loc}': {msg}")
         raise SpecError("\n".join(lines)) from None
+    spec._source = str(path)
+    spec._written = _changed_strings(written, raw)
+    return spec
+
+
+def _changed_strings(before: Any, after: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted keys of the strings ``_resolve_relative`` rewrote, with their values as written."""
+    if isinstance(before, str) and isinstance(after, str):
+        return {prefix.rstrip("."): before} if before != after else {}
+    pairs: Any = ()
+    if isinstance(before, dict) and isinstance(after, dict):
+        pairs = ((k, before[k], after[k]) for k in before if k in after)
+    elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        pairs = ((str(i), b, a) for i, (b, a) in enumerate(zip(before, after)))
+    out: dict[str, str] = {}
+    for k, b, a in pairs:
+        out.update(_changed_strings(b, a, f"{prefix}{k}."))
+    return out

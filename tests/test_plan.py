@@ -1,9 +1,11 @@
 import pyarrow as pa
+import pytest
 
 from pipelines.plan import manifest
 
 from pipelines.plan import samples as plan
 from pipelines.config import GeneratorSpec, TemplateSpec
+from pipelines.errors import SynthgenError
 
 GEN = GeneratorSpec(model="m", steps=5, guidance_scale=2.0, height=32, width=32)
 
@@ -40,7 +42,7 @@ def test_batches_group_compatible_samples_deterministically():
 
 
 def test_template_grid_expands_every_combination():
-    t = manifest.expand_template(TemplateSpec(template="a {c} {s}", slots={"c": ["red", "dark blue"],
+    t = manifest.expand_templates(TemplateSpec(template="a {c} {s}", slots={"c": ["red", "dark blue"],
                                               "s": ["circle"]}, seeds=[0, 5], num_images=2))
     rows = t.to_pylist()
     assert len(rows) == 4
@@ -48,3 +50,17 @@ def test_template_grid_expands_every_combination():
     assert rows[2]["prompt"] == "a dark blue circle" and dict(rows[2]["attributes"]) == {"c": "dark blue",
                                                                                           "s": "circle"}
     assert t.schema == manifest.CANONICAL
+
+
+def test_a_list_of_grids_with_fixed_attributes_concatenates_in_order():
+    grids = [TemplateSpec(template="chest radiograph with a {nodule_size} nodule in the {nodule_side} lung",
+                          slots={"nodule_size": ["small"], "nodule_side": ["left", "right"]},
+                          attributes={"nodule": "present"}, id_prefix="nodule"),
+             TemplateSpec(template="chest radiograph with no nodule", slots={}, id_prefix="normal",
+                          attributes={"nodule": "absent", "nodule_side": "none"})]
+    rows = manifest.expand_templates(grids).to_pylist()
+    assert [r["prompt_id"] for r in rows] == ["nodule-small-left-s0", "nodule-small-right-s0", "normal-s0"]
+    assert dict(rows[1]["attributes"]) == {"nodule": "present", "nodule_size": "small", "nodule_side": "right"}
+    assert dict(rows[2]["attributes"]) == {"nodule": "absent", "nodule_side": "none"}
+    with pytest.raises(SynthgenError, match="prompt_id"):
+        manifest.expand_templates([grids[1], grids[1]])

@@ -1,15 +1,20 @@
 """Read, validate and expand prompt manifests.
 
 A manifest is Parquet (a file or a folder of files, any fsspec URL). Validation follows the
-contract in ``schemas/manifest.v1.schema.json``: Arrow column types first (whole columns), then
-each row (JSON Schema), then cross-row rules (unique ``prompt_id``). Errors name file, row, field.
+contract in ``schemas/manifest.v1.schema.json``: Arrow column types first (whole columns; every
+encoding pandas, polars or pyarrow give the same content is accepted), then each row (its logical
+values: integral floats are integers, numbers must be finite; then JSON Schema), then cross-row rules
+(unique ``prompt_id``). Errors name file, row, field. The result is one canonical table, so equal
+content gives equal content hashes whatever wrote it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -43,31 +48,119 @@ CANONICAL = pa.schema(
 )
 
 
+# How each contract type may arrive: pandas, polars and pyarrow write the same logical content in
+# different Arrow encodings; all of these are read and converted to ``CANONICAL``.
+ENCODINGS = {
+    "string": "also large_string, string_view or dictionary-encoded",
+    "int64": "any integer type, or floats with integral values",
+    "double": "any integer or float type",
+    "map<string,string>": "or a struct of strings, or a list of key/value pairs: "
+                          "list<struct<key,value>> or 2-element lists",
+}
+
+
+def _stringy(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _listy(t: pa.DataType) -> bool:
+    return any(f(t) for f in (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list,
+                              pa.types.is_list_view, pa.types.is_large_list_view))
+
+
 def _type_ok(expected: str, t: pa.DataType) -> bool:
+    """Whether a column's Arrow type can carry the contract type; values are checked per row."""
     if pa.types.is_null(t):
         return True  # an all-null optional column
     if expected == "string":
-        return pa.types.is_string(t) or pa.types.is_large_string(t)
-    if expected == "int64":
-        return pa.types.is_integer(t)
-    if expected == "double":
-        return pa.types.is_integer(t) or pa.types.is_floating(t)
+        return _stringy(t)
+    if expected in ("int64", "double"):
+        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
     if expected == "map<string,string>":
         if pa.types.is_map(t):
-            return pa.types.is_string(t.key_type) and (pa.types.is_string(t.item_type) or pa.types.is_null(t.item_type))
+            return _stringy(t.key_type)
         if pa.types.is_struct(t):
-            return all(pa.types.is_string(f.type) or pa.types.is_null(f.type) for f in t)
+            return True
+        if _listy(t):  # list of pairs: [[key, value], ...] or [{key, value}, ...]
+            v = t.value_type
+            if pa.types.is_struct(v):
+                return sorted(f.name for f in v) == ["key", "value"] and _stringy(v.field("key").type)
+            return pa.types.is_null(v) or (_listy(v) and (_stringy(v.value_type) or pa.types.is_null(v.value_type)))
         return False
     raise AssertionError(expected)
 
 
-def _norm_row(row: dict[str, Any]) -> dict[str, Any]:
-    attrs = row.get("attributes")
-    if isinstance(attrs, list):  # Arrow map -> list of (key, value)
-        row["attributes"] = dict(attrs)
-    elif isinstance(attrs, dict):
-        row["attributes"] = {k: v for k, v in attrs.items() if v is not None}
-    return {k: v for k, v in row.items() if not (v is None and k not in ("prompt",))}
+def _plain(table: pa.Table, props: dict[str, Any]) -> pa.Table:
+    """Undo storage-only encodings: dictionary (pandas categorical, polars Categorical) and string
+    views become plain columns; a pandas index stored as a column is not manifest content."""
+    index = (table.schema.pandas_metadata or {}).get("index_columns", [])
+    table = table.drop_columns([c for c in index if isinstance(c, str) and c not in props and c in table.column_names])
+    for i, f in enumerate(table.schema):
+        t = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+        t = pa.large_string() if pa.types.is_string_view(t) else t
+        if t != f.type:
+            table = table.set_column(i, f.name, table.column(i).cast(t))
+    return table
+
+
+class _Bad(ValueError):
+    """A value of the right column type but wrong content; the message names the value."""
+
+
+def _finite(v: float | Decimal) -> float | Decimal:
+    if not (v.is_finite() if isinstance(v, Decimal) else math.isfinite(v)):
+        raise _Bad(f"{v} is not a finite number")
+    return v
+
+
+def _int(v: Any) -> Any:
+    if isinstance(v, (float, Decimal)):
+        if _finite(v) != int(v):
+            raise _Bad(f"{v} is invalid: not an integer")
+        return int(v)
+    return v
+
+
+def _number(v: Any) -> Any:
+    return float(_finite(v)) if isinstance(v, (float, Decimal)) else v
+
+
+def _attributes(v: Any) -> dict[str, Any] | None:
+    """Any encoding of the attribute map to a dict; a null value means the key is absent (a struct
+    column has every row's keys)."""
+    if v is None:
+        return None
+    pairs = list(v.items()) if isinstance(v, dict) else v
+    out: dict[str, Any] = {}
+    for i, p in enumerate(pairs):
+        if isinstance(p, dict) and not isinstance(v, dict):
+            p = (p.get("key"), p.get("value"))
+        if not isinstance(p, (tuple, list)) or len(p) != 2:
+            raise _Bad(f"element {i} is not a key/value pair: {str(p)[:60]}")
+        key, value = p
+        if not isinstance(key, str):
+            raise _Bad(f"key {key!r} is not a string")
+        if key in out:
+            raise _Bad(f"duplicate key {key!r}")
+        if value is not None:
+            out[key] = value
+    return out
+
+
+_CONVERT = {"int64": _int, "double": _number, "map<string,string>": _attributes}
+
+
+def _norm_row(row: dict[str, Any], types: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The row's logical values (canonical Python types) and the fields whose content is wrong."""
+    bad: dict[str, str] = {}
+    for k, v in row.items():
+        conv = _CONVERT.get(types[k])
+        if conv is not None and v is not None:
+            try:
+                row[k] = conv(v)
+            except _Bad as e:
+                bad[k] = str(e)
+    return {k: v for k, v in row.items() if not (v is None and k not in ("prompt",))}, bad
 
 
 def validate_table(table: pa.Table, source: str, row_offset: int = 0) -> list[dict[str, Any]]:
@@ -75,14 +168,16 @@ def validate_table(table: pa.Table, source: str, row_offset: int = 0) -> list[di
     schema = contracts.load(contracts.MANIFEST)
     props, required = schema["properties"], schema["required"]
     types = schema["x-arrow-types"]
+    table = _plain(table, props)
     errors: list[str] = []
     for name in table.column_names:
         if name not in props:
             errors.append(f"{source}: column '{name}': unknown column (allowed: {', '.join(props)})")
+        elif table.num_rows and table.column(name).null_count == table.num_rows:
+            table = table.set_column(table.column_names.index(name), name, pa.nulls(table.num_rows))
         elif not _type_ok(types[name], table.schema.field(name).type):
-            errors.append(
-                f"{source}: column '{name}': wrong type {table.schema.field(name).type}, expected {types[name]}"
-            )
+            errors.append(f"{source}: column '{name}': wrong type {table.schema.field(name).type}, "
+                          f"expected {types[name]} ({ENCODINGS[types[name]]})")
     for name in required:
         if name not in table.column_names:
             errors.append(f"{source}: column '{name}': missing required column")
@@ -93,18 +188,20 @@ def validate_table(table: pa.Table, source: str, row_offset: int = 0) -> list[di
     if errors:
         raise ManifestError("\n".join(errors[:MAX_ERRORS]))
     v = contracts.validator(contracts.MANIFEST)
-    rows = [_norm_row(r) for r in table.to_pylist()]
-    for i, row in enumerate(rows):
+    rows = []
+    for i, raw in enumerate(table.to_pylist()):
+        row, bad = _norm_row(raw, types)
+        rows.append(row)
+        found = list(bad.items())
         for err in sorted(v.iter_errors(row), key=lambda e: list(e.path)):
             field = ".".join(str(p) for p in err.path) or (
                 err.message.split("'")[1] if err.validator == "required" else "?"
             )
-            msg = _message(err)
-            errors.append(f"{source}: row {row_offset + i}: field '{field}': {msg}")
-            if len(errors) >= MAX_ERRORS:
-                break
+            if field.split(".")[0] not in bad:
+                found.append((field, _message(err)))
+        errors += [f"{source}: row {row_offset + i}: field '{f}': {m}" for f, m in found]
         if len(errors) >= MAX_ERRORS:
-            errors.append(f"{source}: (stopped after {MAX_ERRORS} errors)")
+            errors = errors[:MAX_ERRORS] + [f"{source}: (stopped after {MAX_ERRORS} errors)"]
             break
     if errors:
         raise ManifestError("\n".join(errors))
@@ -125,22 +222,29 @@ def _message(err: "jsonschema.ValidationError") -> str:
 
 
 def _utf8_errors(table: pa.Table, source: str, row_offset: int) -> list[str]:
-    """Parquet can carry invalid UTF-8 in string columns; find the rows before decoding them."""
+    """Parquet can carry invalid UTF-8 in string columns (also inside maps, structs and lists);
+    find the rows before decoding them."""
     errors = []
     for name in table.column_names:
-        col = table.column(name)
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            continue
+        col = table.column(name).combine_chunks()
         try:
             col.validate(full=True)
             continue
         except pa.ArrowInvalid:
             pass
-        for i, b in enumerate(col.cast(pa.binary(), safe=False).to_pylist()):
+        if _stringy(col.type):
+            for i, b in enumerate(col.cast(pa.large_binary()).to_pylist()):
+                try:
+                    b is None or b.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    errors.append(f"{source}: row {row_offset + i}: field '{name}': invalid UTF-8 "
+                                  f"({e.reason} at byte {e.start})")
+            continue
+        for i in range(len(col)):  # nested: validate() checks a slice's whole child arrays
             try:
-                b is None or b.decode("utf-8")
+                col.slice(i, 1).to_pylist()
             except UnicodeDecodeError as e:
-                errors.append(f"{source}: row {row_offset + i}: field '{name}': invalid UTF-8 ({e.reason} at byte {e.start})")
+                errors.append(f"{source}: row {row_offset + i}: field '{name}': invalid UTF-8 ({e.reason})")
     return errors
 
 
@@ -229,8 +333,8 @@ def _slug(v: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", v).strip("-").lower() or "x"
 
 
-def expand_template(t: TemplateSpec) -> pa.Table:
-    """Expand a template grid (slots x values x seeds) into a canonical manifest table."""
+def template_rows(t: TemplateSpec) -> list[dict[str, Any]]:
+    """The manifest rows of one template grid (slots x values x seeds)."""
     names = list(t.slots)
     rows = []
     for combo in itertools.product(*(t.slots[n] for n in names)):
@@ -243,9 +347,15 @@ def expand_template(t: TemplateSpec) -> pa.Table:
                     "negative_prompt": t.negative_prompt,
                     "seed": seed,
                     "num_images": t.num_images,
-                    "attributes": values,
+                    "attributes": t.attributes | values,
                 }
             )
+    return rows
+
+
+def expand_templates(templates: TemplateSpec | list[TemplateSpec]) -> pa.Table:
+    """Expand one grid or a list of grids (rows concatenated in order) into a canonical manifest table."""
+    rows = [r for t in (templates if isinstance(templates, list) else [templates]) for r in template_rows(t)]
     table = pa.Table.from_pylist(rows)
     rows = validate_table(table, "manifest.template")
     check_unique([("manifest.template", i, r) for i, r in enumerate(rows)])
@@ -255,7 +365,7 @@ def expand_template(t: TemplateSpec) -> pa.Table:
 def resolve(spec: ManifestSpec, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """The concrete, validated manifest a job runs on."""
     if spec.template is not None:
-        return expand_template(spec.template)
+        return expand_templates(spec.template)
     assert spec.path is not None
     return read_manifest(spec.path, spec.storage_options if spec.storage_options is not None else storage_options)
 
