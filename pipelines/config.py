@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -151,7 +152,7 @@ class ResourcesSpec(Strict):
 class OutputSpec(Strict):
     url: str = Field(description="Dataset root: local path or fsspec URL (s3://bucket/prefix).")
     storage_options: dict[str, Any] = Field(default_factory=dict)
-    formats: list[Literal["webdataset", "parquet"]] = ["webdataset", "parquet"]
+    formats: list[Literal["webdataset", "parquet", "dicom"]] = ["webdataset", "parquet"]
     shard_max_samples: int = Field(default=1000, ge=1)
     shard_max_bytes: int = Field(default=256 * 2**20, ge=1024)
     keep_staging: bool = False
@@ -297,6 +298,25 @@ class RebalanceSpec(Strict):
     prefer: Literal["best_clip", "first"] = "best_clip"
 
 
+class QcSpec(Strict):
+    """Finding QC (pipelines/curation/qc.py): each stated manifest attribute checked against the image."""
+
+    attributes: list[str] = Field(min_length=1, description="Manifest attribute keys to check, e.g. "
+                                  "[nodule, nodule_side, nodule_size].")
+    classifier: str = Field(default="zero_shot", description="'zero_shot' (CLIP embedding vs the prompts of "
+                            "curation.bias.attributes[key]) or 'module:callable', a pixel classifier "
+                            "image -> {key: value} run where the pixels are (e.g. pipelines.toyworld.judge:judge).")
+    mode: Literal["filter", "report"] = Field(default="filter", description="filter: a disagreement rejects the "
+                                              "sample (qc:<key>); report: recorded only.")
+
+    @field_validator("classifier")
+    @classmethod
+    def _classifier_form(cls, v: str) -> str:
+        if v != "zero_shot" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError("must be 'zero_shot' or 'package.module:callable'")
+        return v
+
+
 class CurationSpec(Strict):
     """Curation (DESIGN step 7): dedup, safety, thresholds, rebalancing. Changing it reuses staged units."""
 
@@ -307,9 +327,14 @@ class CurationSpec(Strict):
     min_clip_score: float | None = Field(default=None, description="Drop samples whose CLIPScore is below.")
     bias: BiasSpec = BiasSpec()
     rebalance: RebalanceSpec | None = None
+    qc: QcSpec | None = None
 
     @model_validator(mode="after")
     def _rebalance_vocabulary(self) -> "CurationSpec":
+        if self.qc is not None and self.qc.classifier == "zero_shot":
+            missing = [k for k in self.qc.attributes if k not in self.bias.attributes]
+            if missing:
+                raise ValueError(f"qc.classifier zero_shot needs prompts for {missing} in bias.attributes")
         rb = self.rebalance
         if rb is not None:
             vocab = self.bias.attributes.get(rb.attribute)
