@@ -44,6 +44,20 @@ def main() -> None:
         [[("age", 3)], [("age", 4)], [("age", 5)]], pa.map_(pa.string(), pa.int64()))}))
     write("zero_num_images.parquet", pa.table({**GOOD, "num_images": [1, 0, 2]}))
     write("odd_height.parquet", pa.table({**GOOD, "height": [64, 65, 64]}))
+    # Non-finite and non-integral numbers, and malformed encodings of the attribute map.
+    write("nan_guidance.parquet", pa.table({**GOOD, "guidance_scale": [4.0, float("nan"), 3.0]}))
+    write("inf_guidance.parquet", pa.table({**GOOD, "guidance_scale": [4.0, 3.0, float("-inf")]}))
+    write("nan_seed.parquet", pa.table({**GOOD, "seed": [1.0, float("nan"), 3.0]}))
+    write("fractional_steps.parquet", pa.table({**GOOD, "steps": [10.0, 2.5, None]}))
+    write("attributes_bad_pair.parquet", pa.table({**GOOD, "attributes": pa.array(
+        [[["colour", "red"]], [["colour", "red", "blue"]], []], pa.list_(pa.list_(pa.string())))}))
+    write("attributes_duplicate_key.parquet", pa.table({**GOOD, "attributes": pa.array(
+        [[], [], [{"key": "colour", "value": "red"}, {"key": "colour", "value": "blue"}]],
+        pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())])))}))
+    bad_value = pa.Array.from_buffers(pa.string(), 3, pa.array([b"red", b"bl\xffue", b"red"], pa.binary()).buffers())
+    write("invalid_utf8_attribute.parquet", pa.table({**GOOD, "attributes": pa.MapArray.from_arrays(
+        pa.array([0, 1, 2, 3], pa.int32()), pa.array(["colour"] * 3), bad_value)}))
+    write("attributes_as_list_of_ints.parquet", pa.table({**GOOD, "attributes": [[1, 2], [3, 4], [5, 6]]}))
 
 
 if __name__ == "__main__":
