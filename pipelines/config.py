@@ -64,7 +64,18 @@ class ManifestSpec(Strict):
 
 
 class GeneratorSpec(Strict):
-    backend: Literal["diffusion", "gan", "style"] = "diffusion"
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        """A registered name or a 'module:Class' path; the class is imported only where it runs."""
+        from pipelines.generate.backends import BACKENDS
+
+        if v not in BACKENDS and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(f"unknown backend {v!r}: one of {', '.join(BACKENDS)}, or 'package.module:Class'")
+        return v
+
+    backend: str = Field(default="diffusion", description="diffusion, gan, style, procedural (the toy world's "
+                         "renderer), or an installed class as 'package.module:Class' (pipelines.generate.backends).")
     model: str = Field(description="Hub id or local path/URL for from_pretrained (style: a VGG-19 "
                        ".safetensors file or a diffusers VAE / pipeline folder).")
     revision: str | None = None

@@ -7,17 +7,52 @@ fractional CPUs let read and staging tasks run beside the actors on small machin
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.config import ClipSpec, GeneratorSpec, JobSpec, OutputSpec
 from pipelines.errors import SynthgenError
-from pipelines.plan.samples import Sample, WorkUnit
+from pipelines.plan.samples import Sample, UnitRange, unit_samples
 from pipelines.contracts.unit import Staging, from_ipc, to_ipc
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@functools.lru_cache(maxsize=2)
+def _staged_manifest(output_json: str, prefix_fp: str) -> "pa.Table":
+    """The job's canonical manifest as staged by the driver, read once per worker process."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    staging = Staging(OutputSpec.model_validate_json(output_json).store(), prefix_fp)
+    return pq.read_table(io.BytesIO(staging.store.read_bytes(f"{staging.prefix}/manifest.parquet")))
+
+
+def expand_units(batch: dict[str, np.ndarray], output_json: str, prefix_fp: str, gen: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Row ranges -> the units' samples, on a worker: the driver never holds a sample."""
+    table = _staged_manifest(output_json, prefix_fp)
+    spec = GeneratorSpec.model_validate(gen)
+    samples = [json.dumps([s.to_dict() for s in unit_samples(table, UnitRange.from_json(r), spec)])
+               for r in batch["range"]]
+    return {"unit_id": batch["unit_id"], "samples": np.array(samples, dtype=object)}
+
+
+def fetch_inputs_stage(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Decoded input images per unit (empty bytes when the unit has none)."""
+    from pipelines.generate.inputs import fetch_inputs
+
+    out = []
+    for samples_json in batch["samples"]:
+        table = fetch_inputs([Sample(**d) for d in json.loads(samples_json)])
+        out.append(b"" if table is None else to_ipc(table))
+    return {"unit_id": batch["unit_id"], "samples": batch["samples"], "inputs": np.array(out, dtype=object)}
 
 
 class GenerateActor:
@@ -71,7 +106,7 @@ def stage_units(batch: dict[str, np.ndarray], output: dict[str, Any], prefix_fp:
     return {k: np.array(v) for k, v in stats.items()}
 
 
-def run_units(spec: JobSpec, units: list[WorkUnit], staging: Staging, quiet: bool = False) -> Iterator[dict[str, Any]]:
+def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bool = False) -> Iterator[dict[str, Any]]:
     """Stream ``units`` through generate -> embed -> stage; yield one stats dict per staged unit."""
     import ray
     import ray.data
@@ -86,9 +121,12 @@ def run_units(spec: JobSpec, units: list[WorkUnit], staging: Staging, quiet: boo
     # a pool that cannot fit the cluster fails with an error instead of hanging.
     ctx.wait_for_min_actors_s = spec.resources.actor_start_timeout_s
     gen_pool, emb_pool = spec.resources.generate, spec.resources.embed
-    items = [{"unit_id": u.unit_id, "samples": json.dumps([s.to_dict() for s in u.samples])} for u in units]
+    prefix_fp = staging.prefix.split("/", 1)[1]
+    items = [{"unit_id": u.unit_id, "range": u.to_json()} for u in units]  # row ranges: no samples here
     ds = (
         ray.data.from_items(items, override_num_blocks=len(items))
+        .map_batches(expand_units, batch_size=1, num_cpus=0.1, fn_kwargs={
+            "output_json": spec.output.model_dump_json(), "prefix_fp": prefix_fp, "gen": spec.generator.model_dump()})
         .map_batches(
             GenerateActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=gen_pool.size,
                                                                      max_tasks_in_flight_per_actor=gen_pool.max_units_in_flight),
@@ -103,7 +141,7 @@ def run_units(spec: JobSpec, units: list[WorkUnit], staging: Staging, quiet: boo
         )
         .map_batches(
             stage_units, batch_size=1, num_cpus=0.1,
-            fn_kwargs={"output": spec.output.model_dump(), "prefix_fp": staging.prefix.split("/", 1)[1]},
+            fn_kwargs={"output": spec.output.model_dump(), "prefix_fp": prefix_fp},
         )
     )
     t0 = time.perf_counter()

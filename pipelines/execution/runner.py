@@ -63,9 +63,9 @@ class Prepared:
     spec: JobSpec
     manifest: pa.Table
     manifest_hash: str
-    samples: list[plan.Sample]  # every planned sample, screened or not
+    samples: plan.PlannedSamples  # every planned sample, screened or not (made on demand, none held)
     screened: list[dict[str, Any]]  # rows the prompt screen stopped: {sample_id, prompt_id, reasons}
-    units: list[plan.WorkUnit]  # the samples to generate
+    units: list[plan.UnitRange]  # the samples to generate, as manifest row ranges (workers expand them)
     fingerprint: str  # of the staged units
 
     @property
@@ -81,10 +81,8 @@ def prepare(spec: JobSpec) -> Prepared:
     source = spec.manifest.path or "manifest.template"
     manifest.check_backend_fields(table, source, spec.generator.backend)
     mhash = manifest.content_hash(table)
-    samples = plan.expand(table, spec.generator)
-    to_generate, screened = screen.screen(samples, spec.screen)
-    return Prepared(spec, table, mhash, samples, screened, plan.units(to_generate, spec.unit_size),
-                    fingerprint(spec, mhash))
+    p = plan.Plan(table, spec.generator, spec.screen, spec.unit_size)  # counts only, no samples
+    return Prepared(spec, table, mhash, p.samples, p.screened(), p.units(), fingerprint(spec, mhash))
 
 
 @dataclass
@@ -152,7 +150,7 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
             busy["embed"] += res["clip_ms"] / 1000
             log("unit_staged", unit=res["unit_id"], samples=res["n"])
     times["generate+embed+stage (wall)"] = time.perf_counter() - t
-    n_generated = sum(len(u.samples) for u in pending)
+    n_generated = sum(u.n for u in pending)
     ips = n_generated / times["generate+embed+stage (wall)"] if pending else 0.0
 
     t = time.perf_counter()

@@ -2,6 +2,10 @@
 
 Object stores make a single PUT atomic; local disk gets the same guarantee from write-to-temp then
 rename. Nothing here logs credentials: ``storage_options`` never leave this module in messages.
+Retries: one budget (``retries`` attempts per operation, :mod:`pipelines.io.retry`); the S3 filesystems a
+Store creates make one attempt per call in botocore and in s3fs, so the layers do not multiply.
+A Store can carry a write guard (the run lease): once it says the run lost its output, every write and
+delete through the Store refuses.
 """
 
 from __future__ import annotations
@@ -22,6 +26,22 @@ _SAFE_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def _is_s3(url: str) -> bool:
+    return url.split("://", 1)[0] in ("s3", "s3a")
+
+
+def _one_budget(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options with botocore's own retries off for S3 (one attempt per request), unless the user
+    configured them; s3fs's retry loop is set to one attempt on the instance (:meth:`Store.__init__`)."""
+    opts = dict(storage_options or {})
+    if _is_s3(url):
+        opts["skip_instance_cache"] = True  # the s3fs setting below must not leak to other users of the options
+        cfg = dict(opts.get("config_kwargs") or {})
+        cfg.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+        opts["config_kwargs"] = cfg
+    return opts
 
 
 def display_url(url: str, fs: fsspec.AbstractFileSystem, path: str, root: str) -> str:
@@ -51,9 +71,25 @@ class Store:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, retries: int = 6,
                  retry_base_delay: float = 0.2):
         self.url = url
-        self.fs, self.root = url_to_fs(url, storage_options)
+        self.fs, self.root = url_to_fs(url, _one_budget(url, storage_options))
+        if _is_s3(url):
+            self.fs.retries = 1  # s3fs's own loop, on this Store's own instance (skip_instance_cache)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.retries, self.retry_base_delay = retries, retry_base_delay
+        self.guard: Any = None  # callable raising when writes must stop (the lease); never pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "guard": None}  # workers get no guard: the driver checks it between units
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if _is_s3(self.url):
+            self.fs.retries = 1  # an unpickled s3fs instance starts from the class default
+
+    def check_writable(self) -> None:
+        """Raise (the guard's error, e.g. LeaseLost) if this run may no longer write here."""
+        if self.guard is not None:
+            self.guard()
 
     def _retry(self, fn: Any, key: str) -> Any:
         return retry_call(fn, what=f"{self.url.rstrip('/')}/{key}", attempts=self.retries,
@@ -74,6 +110,7 @@ class Store:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write one whole object: readers see the old object or the new one, never a part."""
+        self.check_writable()
         self._retry(lambda: self._write(key, data), key)
 
     def _write(self, key: str, data: bytes) -> None:
@@ -105,6 +142,8 @@ class Store:
         return sorted(k for k in out if ".tmp-" not in k)
 
     def delete(self, key: str) -> None:
+        self.check_writable()
+
         def go() -> None:
             try:
                 self.fs.rm(self.path(key))
@@ -114,6 +153,7 @@ class Store:
         self._retry(go, key)
 
     def delete_prefix(self, prefix: str) -> None:
+        self.check_writable()
         keys = self.list(prefix)
         if keys:
             self._retry(lambda: self.fs.rm([self.path(k) for k in keys]), prefix)

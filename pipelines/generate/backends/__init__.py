@@ -17,17 +17,29 @@ class Backend(Protocol):
     def generate(self, samples: list[Sample]) -> list[np.ndarray]: ...
 
 
+#: Backends by name -> "module:Class", imported only when a job uses them (so the core never imports
+#: toyworld). A job may also name any installed class as ``generator.backend: package.module:Class``.
+BACKENDS: dict[str, str] = {
+    "diffusion": "pipelines.generate.backends.diffusion:DiffusionBackend",
+    "gan": "pipelines.generate.backends.gan:GanBackend",
+    "style": "pipelines.generate.backends.style:StyleBackend",
+    "procedural": "pipelines.toyworld.backend:ProceduralBackend",
+}
+
+
+def backend_class(name: str) -> type:
+    """The class a backend name (or ``module:Class`` path) stands for; ValueError if there is none."""
+    import importlib
+
+    target = BACKENDS.get(name, name)
+    module, sep, cls = target.partition(":")
+    if not sep:
+        raise ValueError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)}, or 'package.module:Class')")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"backend {name!r}: cannot import {target} ({e})") from None
+
+
 def load_backend(spec: GeneratorSpec) -> Backend:
-    if spec.backend == "diffusion":
-        from pipelines.generate.backends.diffusion import DiffusionBackend
-
-        return DiffusionBackend(spec)
-    if spec.backend == "gan":
-        from pipelines.generate.backends.gan import GanBackend
-
-        return GanBackend(spec)
-    if spec.backend == "style":
-        from pipelines.generate.backends.style import StyleBackend
-
-        return StyleBackend(spec)
-    raise ValueError(f"unknown backend {spec.backend!r}")
+    return backend_class(spec.backend)(spec)
