@@ -118,12 +118,14 @@ def test_polars_round_trip_when_installed(tmp_path, expected):
     _same(tmp_path / "b.parquet", expected)
 
 
+NAN, INF = float("nan"), float("inf")
 WRONG = {
-    "fraction for an integer": ({"steps": [10.0, 2.5, None, None]}, "row 1: field 'steps': 2.5 is invalid: not an integer"),
-    "nan guidance": ({"guidance_scale": [1.0, float("nan"), None, 2.0]}, "row 1: field 'guidance_scale': nan is not a finite"),
-    "inf guidance": ({"guidance_scale": [float("inf"), 1.0, None, 2.0]}, "row 0: field 'guidance_scale': inf is not a finite"),
-    "nan in a float-encoded int": ({"height": [64.0, None, float("nan"), 8.0]}, "row 2: field 'height': nan is not a finite"),
-    "inf seed": ({"seed": [0.0, 1.0, 2.0, float("-inf")]}, "row 3: field 'seed': -inf is not a finite"),
+    "fraction for an integer": ({"steps": [10.0, 2.5, None, None]},
+                                "row 1: field 'steps': 2.5 is invalid: not an integer"),
+    "nan guidance": ({"guidance_scale": [1.0, NAN, None, 2.0]}, "row 1: field 'guidance_scale': nan is not a finite"),
+    "inf guidance": ({"guidance_scale": [INF, 1.0, None, 2.0]}, "row 0: field 'guidance_scale': inf is not a finite"),
+    "nan in a float-encoded int": ({"height": [64.0, None, NAN, 8.0]}, "row 2: field 'height': nan is not a finite"),
+    "inf seed": ({"seed": [0.0, 1.0, 2.0, -INF]}, "row 3: field 'seed': -inf is not a finite"),
     "non-string attribute value": ({"attributes": pa.array([{"age": 3}, None, None, None])},
                                    "row 0: field 'attributes.age': 3 is invalid: type 'string'"),
     "null key in a pair": ({"attributes": pa.array([None, [[None, "x"]], None, None], pa.list_(pa.list_(pa.string())))},

@@ -16,6 +16,9 @@ XMP_KEY = "XML:com.adobe.xmp"
 
 _XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/">
+# IPTC's term for media that edits or combines given images with a trained model: img2img,
+# inpainting, outpainting, style transfer (the publish step labels each image by its kind).
+COMPOSITE_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
  <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
   <rdf:Description rdf:about=""
     xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
@@ -35,10 +38,16 @@ def pixel_sha256(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def encode_png(image: np.ndarray, text: dict[str, str]) -> bytes:
+def source_type_for(backend: str | None, *input_images: str | None) -> str:
+    """IPTC DigitalSourceType of a sample: composite when it was made from given images (any input
+    image, or the style backend), else trainedAlgorithmicMedia (text to image, GAN)."""
+    return COMPOSITE_SOURCE_TYPE if backend == "style" or any(input_images) else DIGITAL_SOURCE_TYPE
+
+
+def encode_png(image: np.ndarray, text: dict[str, str], source_type: str = DIGITAL_SOURCE_TYPE) -> bytes:
     """Deterministic PNG (fixed compression level, chunks in a fixed order)."""
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(XMP_KEY, _XMP.format(dst=DIGITAL_SOURCE_TYPE, desc=escape(text.get("prompt", ""))))
+    info.add_itxt(XMP_KEY, _XMP.format(dst=source_type, desc=escape(text.get("prompt", ""))))
     for k in sorted(text):
         info.add_itxt(k, text[k])
     buf = io.BytesIO()
