@@ -139,6 +139,28 @@ def verify(
     typer.echo(f"ok: {url}: {index['counts']['kept']} samples in {len(index['shards'])} shards, all hashes match")
 
 
+@app.command("verify-image")
+def verify_image(
+    file: Path = typer.Argument(..., help="An image (PNG as published, or a re-encoded copy)."),
+    trust_anchor: Optional[Path] = typer.Option(None, "--trust-anchor", help="PEM root(s) to trust for C2PA."),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
+) -> None:
+    """Check one image's marks: C2PA manifest (signature, hashes), invisible watermark, IPTC type (exit 1 on problems)."""
+    from pipelines.publish.verify_image import describe, inspect
+
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        typer.echo(f"error: {file}: {e.strerror}", err=True)
+        raise typer.Exit(2)
+    res = inspect(data, trust_anchor.read_text() if trust_anchor else None)
+    typer.echo(json.dumps(res, indent=1, default=str) if as_json else "\n".join(f"{file}: {x}" for x in describe(res)))
+    for p in res["problems"]:
+        typer.echo(f"problem: {file}: {p}", err=True)
+    if res["problems"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 def report(
     dataset_url: str = typer.Argument(..., help="Published dataset URL (local path, s3://bucket/prefix, ...)."),
@@ -168,25 +190,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-@app.command("verify-image")
-def verify_image(
-    file: Path = typer.Argument(..., help="An image (PNG as published, or a re-encoded copy)."),
-    trust_anchor: Optional[Path] = typer.Option(None, "--trust-anchor", help="PEM root(s) to trust for C2PA."),
-    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
-) -> None:
-    """Check one image's marks: C2PA manifest (signature, hashes), invisible watermark, IPTC type (exit 1 on problems)."""
-    from pipelines.publish.verify_image import describe, inspect
-
-    try:
-        data = file.read_bytes()
-    except OSError as e:
-        typer.echo(f"error: {file}: {e.strerror}", err=True)
-        raise typer.Exit(2)
-    res = inspect(data, trust_anchor.read_text() if trust_anchor else None)
-    typer.echo(json.dumps(res, indent=1, default=str) if as_json else "\n".join(f"{file}: {x}" for x in describe(res)))
-    for p in res["problems"]:
-        typer.echo(f"problem: {file}: {p}", err=True)
-    if res["problems"]:
-        raise typer.Exit(1)
-
-

@@ -12,13 +12,13 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+# IPTC's term for media that edits or combines given images with a trained model: img2img,
+# inpainting, outpainting, style transfer (the publish step labels each image by its kind).
+COMPOSITE_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 XMP_KEY = "XML:com.adobe.xmp"
 
 _XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/">
-# IPTC's term for media that edits or combines given images with a trained model: img2img,
-# inpainting, outpainting, style transfer (the publish step labels each image by its kind).
-COMPOSITE_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
  <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
   <rdf:Description rdf:about=""
     xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
