@@ -127,11 +127,20 @@ def verify(
     url: str = typer.Argument(..., help="Dataset URL (local path, s3://bucket/prefix, ...)."),
     storage_options: str = typer.Option("{}", "--storage-options", help="fsspec options as JSON "
                                         "(credentials come from the environment)."),
+    same_as: Optional[str] = typer.Option(None, "--same-as", help="Also check that this other dataset (a rerun) "
+                                          "holds the same data: shards equal but for C2PA salts and signatures."),
 ) -> None:
     """Check every shard and file of a published dataset against its index (exit 1 on problems)."""
     from pipelines.publish.verify import verify as verify_dataset
 
     problems, index = verify_dataset(url, json.loads(storage_options))
+    if same_as and not problems:
+        from pipelines.publish.compare import compare
+
+        diff, modulo = compare(url, same_as, json.loads(storage_options))
+        problems += diff
+        if not diff:
+            typer.echo(f"same data as {same_as} ({modulo} shards equal once their C2PA manifests are set aside)")
     for p in problems:
         typer.echo(f"problem: {p}", err=True)
     if problems:

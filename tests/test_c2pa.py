@@ -173,3 +173,42 @@ def test_credentials_come_from_spec_or_environment_and_missing_files_fail(chain,
     with pytest.raises(Exception) as e:
         Labeller("ds", "fp", c2pa.SigningKey(chain.cert, str(bad)))(_png(), _record(), {})
     assert "not a key" not in str(e.value)
+
+
+def _dataset(root: Path, pngs: dict[str, bytes]) -> None:
+    """A minimal published dataset: one WebDataset shard and its index."""
+    import hashlib
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, png in sorted(pngs.items()):
+            info = tarfile.TarInfo(f"{name}.png")
+            info.size = len(png)
+            tf.addfile(info, io.BytesIO(png))
+    (root / "shards").mkdir(parents=True)
+    (root / "shards" / "d-000000.tar").write_bytes(buf.getvalue())
+    entry = {"files": {"shards/d-000000.tar": {"sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+                                               "bytes": len(buf.getvalue())}}, "count": len(pngs)}
+    (root / "index.json").write_text(json.dumps({"job": {"name": "d", "fingerprint": "fp"}, "shards": [entry],
+                                                 "files": {}, "counts": {"kept": len(pngs)}}))
+
+
+def test_verify_same_as_accepts_a_resigned_rerun_and_rejects_changed_pixels(chain, tmp_path):
+    from pipelines.publish.compare import compare
+
+    lab = Labeller("d", "fp", chain)
+    _dataset(tmp_path / "a", {f"s{i}": lab(_png(i), _record(f"s{i}"), {})[0] for i in range(3)})
+    _dataset(tmp_path / "b", {f"s{i}": lab(_png(i), _record(f"s{i}"), {})[0] for i in range(3)})
+    assert (tmp_path / "a/shards/d-000000.tar").read_bytes() != (tmp_path / "b/shards/d-000000.tar").read_bytes()
+    assert compare(str(tmp_path / "a"), str(tmp_path / "b")) == ([], 1)
+    r = CliRunner().invoke(app, ["verify", str(tmp_path / "a"), "--same-as", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "same data" in r.output
+    px = (np.random.default_rng(2).random((32, 32, 3)) * 255).astype(np.uint8)
+    px[0, 0, 0] ^= 1
+    changed = encode_png(px, {"prompt": "a red circle", "seed": "2", "sample_id": "s2"})
+    _dataset(tmp_path / "c", {**{f"s{i}": lab(_png(i), _record(f"s{i}"), {})[0] for i in range(2)},
+                              "s2": lab(changed, _record("s2"), {})[0]})
+    problems, _ = compare(str(tmp_path / "a"), str(tmp_path / "c"))
+    assert problems == ["shards/d-000000.tar: differs"]
+    r = CliRunner().invoke(app, ["verify", str(tmp_path / "a"), "--same-as", str(tmp_path / "c")])
+    assert r.exit_code == 1
