@@ -12,12 +12,11 @@ import json
 import tarfile
 from typing import Any
 
-from pipelines.contracts.decisions import TIMINGS
 from pipelines.io.store import Store
 from pipelines.publish import c2pa
 from pipelines.publish.shards import INDEX
 
-RUN_RECORDS = ("provenance.json", "README.md", "report.html", "report.json", TIMINGS)  # times, hosts
+RUN_RECORDS = ("provenance.json", "README.md", "report.html", "report.json", "timings.parquet")  # times, hosts
 
 
 def _files(index: dict[str, Any]) -> dict[str, str]:
