@@ -6,10 +6,11 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from pipelines.errors import SpecError
 
@@ -52,7 +53,8 @@ class ManifestSpec(Strict):
     """Exactly one of ``path`` (Parquet file/dir, any fsspec URL) or ``template``."""
 
     path: str | None = None
-    template: TemplateSpec | list[TemplateSpec] | None = Field(
+    template: Annotated[Annotated[TemplateSpec, Tag("TemplateSpec")] | Annotated[list[TemplateSpec], Tag("list")],
+                        Discriminator(lambda v: "list" if isinstance(v, list) else "TemplateSpec")] | None = Field(
         default=None, description="A grid, or a list of grids (their rows concatenated; id_prefix must differ).")
     storage_options: dict[str, Any] | None = Field(default=None, description="For path; default: output's.")
 
@@ -158,6 +160,10 @@ class ResourcesSpec(Strict):
     actor_start_timeout_s: int = Field(default=600, ge=1, description="Wait this long for every pool actor to "
                                        "start before streaming; past it, fail instead of hanging (a pool that "
                                        "does not fit the cluster).")
+    autoscaler: bool | None = Field(default=None, description="Can the cluster add nodes? Without one, pools "
+                                    "the cluster can never host fail at once; with one, Ray waits up to "
+                                    "actor_start_timeout_s. Default: none on a local cluster, asked of Ray's "
+                                    "GCS on a joined one (RAY_ADDRESS).")
 
 
 class OutputSpec(Strict):
@@ -513,13 +519,17 @@ def load_job(path: str | Path) -> JobSpec:
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
+            loc = ".".join(str(x) for x in err["loc"] if x not in _UNION_TAGS)
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"{p}: field '{loc}': {msg}")
         raise SpecError("\n".join(lines)) from None
     spec._source = str(path)
     spec._written = _changed_strings(written, raw)
     return spec
+
+
+# Tags of the discriminated unions above: pydantic puts them in error locations; users wrote none of them.
+_UNION_TAGS = {"TemplateSpec", "list"}
 
 
 def _changed_strings(before: Any, after: Any, prefix: str = "") -> dict[str, str]:
