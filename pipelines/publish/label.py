@@ -59,11 +59,14 @@ class Labeller:
         inputs = {k: row.get(k) for k in ("init_image", "mask_image", "style_image") if row.get(k)}
         source_type = source_type_for(gen.get("backend"), *inputs.values())
         with Image.open(io.BytesIO(png)) as im:
-            pixels = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im)
+            pixels = np.asarray(im)  # as staged: 8-bit RGB or grey, or 16-bit grey
             text = {k: v for k, v in im.info.items() if isinstance(v, str) and k != XMP_KEY}
         labels: dict[str, Any] = {"digital_source_type": source_type}
         if self.watermark_strength:
-            if min(pixels.shape[:2]) >= watermark.MIN_SIDE:
+            if pixels.dtype != np.uint8 or (pixels.ndim == 3 and pixels.shape[2] != 3):
+                labels["watermark"] = {"method": watermark.METHOD, "payload": None,
+                                       "skipped": "not an 8-bit RGB or grey image"}
+            elif min(pixels.shape[:2]) >= watermark.MIN_SIDE:
                 rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
                 mark = watermark.mark_for(self.fingerprint, record["sample_id"])
                 marked = watermark.embed(rgb, mark, self.watermark_strength)
