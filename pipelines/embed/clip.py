@@ -65,18 +65,31 @@ class ClipEmbedder:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def unit_images(table: pa.Table) -> dict[int, Image.Image]:
+    """Row -> image of a unit's generated samples (failed ones have none): from its raw pixels when
+    it carries them (straight from the generator: no PNG decode), else from its PNGs."""
+    import io
+
+    if "pixels" in table.column_names:
+        from pipelines.contracts.unit import pixels_from_bytes
+
+        bufs, shapes = table.column("pixels").to_pylist(), table.column("pixels_shape").to_pylist()
+        return {i: Image.fromarray(pixels_from_bytes(b, s)) for i, (b, s) in enumerate(zip(bufs, shapes))
+                if b is not None}
+    return {i: Image.open(io.BytesIO(b)) for i, b in enumerate(table.column("png").to_pylist()) if b is not None}
+
+
 def embed_unit(embedder: ClipEmbedder, table: pa.Table) -> pa.Table:
     """Add CLIP embeddings and scores to a generated unit (one pass over its images)."""
-    import io
     import time
 
     from pipelines.contracts.unit import EMBED_FIELDS, with_meta
 
     t0 = time.perf_counter()
-    pngs = table.column("png").to_pylist()
-    ok = [i for i, b in enumerate(pngs) if b is not None]  # failed samples have no image
+    images = unit_images(table)
+    ok = sorted(images)
     prompts = table.column("prompt").to_pylist()
-    img = embedder.image_embeddings([Image.open(io.BytesIO(pngs[i])) for i in ok])
+    img = embedder.image_embeddings([images[i] for i in ok])
     txt = embedder.text_embeddings([prompts[i] for i in ok])
     score = clip_score(img, txt) if ok else np.zeros(0, np.float32)
     ms = (time.perf_counter() - t0) * 1000 / max(len(ok), 1)

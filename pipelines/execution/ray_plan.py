@@ -1,14 +1,22 @@
-"""Thin Ray Data adapters around the pure unit functions (``generate_unit``, ``embed_unit``).
+"""Thin Ray Data adapters around the pure unit functions; the chain, one Ray row per work unit:
+
+    units -> fetch_inputs_stage (CPU tasks: read + decode init/mask/style images)
+      -> GenerateActor (GPU actors: diffusion only, returns raw pixels)
+      -> EmbedActor (CLIP from the pixels; may share the GPU: fractional num_gpus)
+      -> encode_units (CPU tasks: labelled PNG, pixel sha256, pHash) -> stage_units (write whole)
 
 One Ray row is one work unit, so batching in Ray never splits a unit; actors hold their model
 for their lifetime. Resources (pool size, CPUs, GPUs, torch threads) come from the job spec;
-fractional CPUs let read and staging tasks run beside the actors on small machines.
+fractional CPUs let the CPU tasks run beside the actors on small machines. The GPU actor does no
+storage I/O, decoding or encoding, so it never waits on a CPU thread.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -55,6 +63,17 @@ def fetch_inputs_stage(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"unit_id": batch["unit_id"], "samples": batch["samples"], "inputs": np.array(out, dtype=object)}
 
 
+def fetch_inputs_stage(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Decoded input images per unit (empty bytes when the unit has none)."""
+    from pipelines.generate.inputs import fetch_inputs
+
+    out = []
+    for samples_json in batch["samples"]:
+        table = fetch_inputs([Sample(**d) for d in json.loads(samples_json)])
+        out.append(b"" if table is None else to_ipc(table))
+    return {"unit_id": batch["unit_id"], "samples": batch["samples"], "inputs": np.array(out, dtype=object)}
+
+
 class GenerateActor:
     def __init__(self, gen: dict[str, Any], torch_threads: int):
         import torch
@@ -66,12 +85,23 @@ class GenerateActor:
         self.backend = load_backend(self.spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipelines.generate.faults import DeviceLostError
+        from pipelines.generate.inputs import read_inputs
         from pipelines.generate.unit import generate_unit
 
         payloads = []
-        for samples_json in batch["samples"]:
+        for samples_json, inputs in zip(batch["samples"], batch["inputs"]):
             samples = [Sample(**d) for d in json.loads(samples_json)]
-            payloads.append(to_ipc(generate_unit(self.backend, samples, self.spec.batch_size)))
+            decoded = read_inputs(from_ipc(inputs) if inputs else None, samples)
+            try:
+                table = generate_unit(self.backend, samples, self.spec.batch_size, decoded, self.spec.pad_batches)
+            except DeviceLostError as e:
+                # The CUDA context is gone for good in this process: exit, so Ray restarts the actor and
+                # retries this unit on a fresh one (Ray Data's actor pools: max_restarts=-1, max_task_retries=-1).
+                print(f"synthgen: device lost in generator actor, exiting for a restart: {e}", file=sys.stderr,
+                      flush=True)
+                os._exit(70)
+            payloads.append(to_ipc(table))
         return {"unit_id": batch["unit_id"], "payload": np.array(payloads, dtype=object)}
 
 
@@ -91,6 +121,14 @@ class EmbedActor:
         return {"unit_id": batch["unit_id"], "payload": np.array(payloads, dtype=object)}
 
 
+def encode_units(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Raw pixels -> labelled PNGs, pixel hashes and pHash (CPU, beside the GPU actors)."""
+    from pipelines.generate.encode import encode_unit
+
+    payloads = [to_ipc(encode_unit(from_ipc(p))) for p in batch["payload"]]
+    return {"unit_id": batch["unit_id"], "payload": np.array(payloads, dtype=object)}
+
+
 def stage_units(batch: dict[str, np.ndarray], output: dict[str, Any], prefix_fp: str) -> dict[str, np.ndarray]:
     """Write each finished unit whole to staging; return only small stats to the driver."""
     out = OutputSpec.model_validate(output)
@@ -107,7 +145,7 @@ def stage_units(batch: dict[str, np.ndarray], output: dict[str, Any], prefix_fp:
 
 
 def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bool = False) -> Iterator[dict[str, Any]]:
-    """Stream ``units`` through generate -> embed -> stage; yield one stats dict per staged unit."""
+    """Stream ``units`` through fetch -> generate -> embed -> encode -> stage; yield one stats dict per staged unit."""
     import ray
     import ray.data
 
@@ -120,13 +158,15 @@ def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bo
     # Start streaming only once every actor holds its model: work spreads over the whole pool, and
     # a pool that cannot fit the cluster fails with an error instead of hanging.
     ctx.wait_for_min_actors_s = spec.resources.actor_start_timeout_s
-    gen_pool, emb_pool = spec.resources.generate, spec.resources.embed
+    gen_pool, emb_pool, cpu_pool = spec.resources.generate, spec.resources.embed, spec.resources.encode
     prefix_fp = staging.prefix.split("/", 1)[1]
     items = [{"unit_id": u.unit_id, "range": u.to_json()} for u in units]  # row ranges: no samples here
     ds = (
         ray.data.from_items(items, override_num_blocks=len(items))
         .map_batches(expand_units, batch_size=1, num_cpus=0.1, fn_kwargs={
             "output_json": spec.output.model_dump_json(), "prefix_fp": prefix_fp, "gen": spec.generator.model_dump()})
+        .map_batches(fetch_inputs_stage, batch_size=1, num_cpus=0.1,
+                     compute=ray.data.TaskPoolStrategy(size=cpu_pool.size))
         .map_batches(
             GenerateActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=gen_pool.size,
                                                                      max_tasks_in_flight_per_actor=gen_pool.max_units_in_flight),
@@ -139,6 +179,8 @@ def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bo
             num_cpus=emb_pool.num_cpus, num_gpus=emb_pool.num_gpus,
             fn_constructor_kwargs={"clip": spec.clip.model_dump(), "torch_threads": emb_pool.torch_threads},
         )
+        .map_batches(encode_units, batch_size=1, num_cpus=cpu_pool.num_cpus,
+                     compute=ray.data.TaskPoolStrategy(size=cpu_pool.size))
         .map_batches(
             stage_units, batch_size=1, num_cpus=0.1,
             fn_kwargs={"output": spec.output.model_dump(), "prefix_fp": prefix_fp},

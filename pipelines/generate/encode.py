@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 # IPTC's term for media that edits or combines given images with a trained model: img2img,
@@ -68,3 +72,37 @@ def digital_source_type(png: bytes) -> str | None:
         if ns in el.attrib:
             return el.attrib[ns]
     return None
+
+
+def encode_unit(table: "pa.Table") -> "pa.Table":
+    """The CPU stage after the generator: raw pixels -> labelled PNG, pixel sha256 and pHash.
+
+    Takes a ``PIXEL_SCHEMA`` table (plus any columns added since, e.g. embeddings) and returns the
+    ``GEN_SCHEMA`` columns followed by those extra columns, with the schema metadata kept."""
+    import pyarrow as pa
+
+    from pipelines.contracts.unit import GEN_SCHEMA, PIXEL_SCHEMA, meta, pixels_from_bytes
+    from pipelines.curation.dedup.hashes import perceptual_hash
+
+    model = str(meta(table, "synthgen.generator")["model"])
+    pixels, shapes = table.column("pixels").to_pylist(), table.column("pixels_shape").to_pylist()
+    prompts, seeds = table.column("prompt").to_pylist(), table.column("seed").to_pylist()
+    ids = table.column("sample_id").to_pylist()
+    png: list[bytes | None] = []
+    sha: list[str | None] = []
+    ph: list[str | None] = []
+    for buf, shape, prompt, seed, sid in zip(pixels, shapes, prompts, seeds, ids):
+        if buf is None:  # a failed sample has no image
+            png.append(None), sha.append(None), ph.append(None)
+            continue
+        img = pixels_from_bytes(buf, shape)
+        png.append(encode_png(img, {"prompt": prompt, "seed": str(seed), "model": model, "sample_id": sid}))
+        sha.append(pixel_sha256(img))
+        ph.append(perceptual_hash(img))
+    made = {"png": pa.chunked_array([pa.array(png, pa.binary())]),
+            "pixel_sha256": pa.chunked_array([pa.array(sha, pa.string())]),
+            "phash": pa.chunked_array([pa.array(ph, pa.string())])}
+    extra = [f for f in table.schema if f.name not in PIXEL_SCHEMA.names]
+    fields = list(GEN_SCHEMA) + extra
+    cols = [made[f.name] if f.name in made else table.column(f.name) for f in fields]
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=table.schema.metadata))

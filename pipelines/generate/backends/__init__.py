@@ -1,13 +1,37 @@
-"""Image generators behind one interface: ``Backend.generate(samples) -> list[uint8 HxWx3]``."""
+"""Image generators behind one interface: ``Backend.generate(samples[, inputs]) -> list[uint8 HxWx3]``.
+
+Backends that take input images (img2img, inpainting, style) get them already fetched and decoded
+(``SampleInputs``, from the CPU fetch stage) so the GPU actor does no storage I/O or decoding; called
+without ``inputs`` they read the URLs themselves (in-process use, benchmarks).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from pipelines.config import GeneratorSpec
 from pipelines.plan.samples import Sample
+
+
+class SampleInputError(ValueError):
+    """One sample's own input is unusable (unreadable image, a size the model cannot make): that
+    sample fails alone, recorded with this error; any other error fails the whole unit."""
+
+    def __init__(self, message: str, sample_ids: list[str] | None = None):
+        super().__init__(message)
+        self.sample_ids = sample_ids or []
+
+
+@dataclass(frozen=True)
+class SampleInputs:
+    """Decoded RGB uint8 input images of one sample, at the sample's size."""
+
+    init: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    style: np.ndarray | None = None
 
 
 class Backend(Protocol):

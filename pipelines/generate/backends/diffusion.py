@@ -8,24 +8,23 @@ import numpy as np
 import torch
 
 from pipelines.config import GeneratorSpec
+from pipelines.generate.backends import SampleInputError
 from pipelines.plan.samples import Sample
 from pipelines.publish.provenance import weights_sha256
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from pipelines.generate.backends import SampleInputs
+
 
 def load_image(url: str, width: int, height: int) -> "Image.Image":
     """An input image from any fsspec URL, as RGB at the sample's size."""
-    import io
-
-    import fsspec
     from PIL import Image
 
-    with fsspec.open(url, "rb") as f:
-        im = Image.open(io.BytesIO(f.read()))
-        im.load()
-    return im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    from pipelines.generate.inputs import load_image as load_pixels
+
+    return Image.fromarray(load_pixels(url, width, height))
 
 
 class DiffusionBackend:
@@ -41,9 +40,10 @@ class DiffusionBackend:
 
         diffusers.utils.logging.disable_progress_bar()
         self.spec = spec
-        dtype = getattr(torch, spec.dtype)
+        self.dtype = getattr(torch, spec.dtype)
+        # dtype= (not torch_dtype=) needs diffusers >= 0.40; older versions ignore it silently.
         pipe = diffusers.DiffusionPipeline.from_pretrained(
-            spec.model, dtype=dtype, revision=spec.revision, use_safetensors=True
+            spec.model, dtype=self.dtype, variant=spec.variant, revision=spec.revision, use_safetensors=True
         )
         if getattr(pipe, "safety_checker", None) is not None:
             # synthgen's own safety stage scores and records; it never blacks out images.
@@ -52,6 +52,7 @@ class DiffusionBackend:
             pipe.scheduler = getattr(diffusers, spec.scheduler).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(spec.device)
+        self._fast_path()
         self._derived: dict[str, object] = {}
         self.info = {
             "backend": "diffusion",
@@ -61,7 +62,37 @@ class DiffusionBackend:
             "scheduler": type(pipe.scheduler).__name__,
             "dtype": spec.dtype,
             "device_type": torch.device(spec.device).type,
+            "variant": spec.variant,
+            "attention": spec.attention,
+            "channels_last": spec.channels_last,
+            "compile": spec.compile_mode if spec.compile else None,
         }
+
+    def _fast_path(self) -> None:
+        """Attention kernel, memory format, compilation and VAE decoding as the spec says; the
+        components are shared with the derived img2img/inpaint pipelines (from_pipe)."""
+        spec, pipe = self.spec, self.pipe
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        vae = getattr(pipe, "vae", None)
+        if spec.attention == "eager":
+            for m in (denoiser, vae):
+                if m is not None and hasattr(m, "set_default_attn_processor"):
+                    m.set_default_attn_processor()
+        if spec.channels_last:
+            for m in (denoiser, vae):
+                if m is not None:
+                    m.to(memory_format=torch.channels_last)
+        if vae is not None:
+            if spec.vae_slicing and hasattr(vae, "enable_slicing"):
+                vae.enable_slicing()
+            if spec.vae_tiling and hasattr(vae, "enable_tiling"):
+                vae.enable_tiling()
+        if spec.compile:
+            # in place (nn.Module.compile): the module keeps its class, so from_pipe shares it
+            if denoiser is not None:
+                denoiser.compile(mode=spec.compile_mode)
+            if vae is not None:
+                vae.decoder.compile(mode=spec.compile_mode)
 
     def _pipe_for(self, s: Sample) -> tuple[object, dict[str, object]]:
         """Text-to-image, img2img or inpainting, sharing one set of loaded components (from_pipe)."""
@@ -73,17 +104,22 @@ class DiffusionBackend:
         if kind not in self._derived:
             cls = diffusers.AutoPipelineForInpainting if s.mask_image else diffusers.AutoPipelineForImage2Image
             self._derived[kind] = cls.from_pipe(self.pipe)
+            self._derived[kind].set_progress_bar_config(disable=True)
         return self._derived[kind], {"strength": self.spec.strength}
 
     @torch.inference_mode()
-    def generate(self, samples: list[Sample]) -> list[np.ndarray]:
+    def generate(self, samples: list[Sample], inputs: list["SampleInputs | None"] | None = None) -> list[np.ndarray]:
+        """One pipeline call; ``inputs``: the samples' decoded input images (read here if absent)."""
+        from PIL import Image
+
         s0 = samples[0]
         assert all(s.compat_key() == s0.compat_key() for s in samples), "batch mixes incompatible samples"
         pipe, extra = self._pipe_for(s0)
         if s0.init_image is not None:
-            extra["image"] = [load_image(s.init_image, s.width, s.height) for s in samples]
+            inputs = inputs if inputs is not None else [_read(s) for s in samples]
+            extra["image"] = [Image.fromarray(_need(x, "init", s)) for x, s in zip(inputs, samples)]
             if s0.mask_image is not None:
-                extra["mask_image"] = [load_image(s.mask_image, s.width, s.height) for s in samples]
+                extra["mask_image"] = [Image.fromarray(_need(x, "mask", s)) for x, s in zip(inputs, samples)]
                 extra.update(height=s0.height, width=s0.width)
         out = pipe(
             prompt=[s.prompt for s in samples],
@@ -97,3 +133,23 @@ class DiffusionBackend:
         # Same rounding as diffusers' numpy_to_pil.
         images = (np.asarray(out.images, dtype=np.float32) * 255).round().clip(0, 255).astype(np.uint8)
         return list(images)
+
+
+def _read(s: Sample) -> "SampleInputs":
+    """In-process use without the fetch stage: read the sample's inputs here."""
+    from pipelines.generate.backends import SampleInputs
+    from pipelines.generate.inputs import load_image as load_pixels
+
+    try:
+        return SampleInputs(init=load_pixels(s.init_image, s.width, s.height) if s.init_image else None,
+                            mask=load_pixels(s.mask_image, s.width, s.height) if s.mask_image else None)
+    except Exception as e:
+        raise SampleInputError(f"sample {s.sample_id}: unreadable input image: {type(e).__name__}: "
+                               f"{str(e).split(' <_io.', 1)[0]}", [s.sample_id]) from e
+
+
+def _need(x: "SampleInputs | None", kind: str, s: Sample) -> np.ndarray:
+    arr = None if x is None else getattr(x, kind)
+    if arr is None:
+        raise SampleInputError(f"sample {s.sample_id}: {kind}_image was not fetched", [s.sample_id])
+    return arr

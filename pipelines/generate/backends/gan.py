@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pipelines.config import GeneratorSpec
+from pipelines.generate.backends import SampleInputError
 from pipelines.plan.samples import Sample
 from pipelines.publish.provenance import weights_sha256
 
@@ -49,7 +50,7 @@ class GanBackend:
         size = int(self.config["image_size"])
         bad = [s.sample_id for s in samples if (s.height, s.width) != (size, size)]
         if bad:
-            raise ValueError(f"GAN generates {size}x{size} only; samples {bad[:3]} ask for another size")
+            raise SampleInputError(f"GAN generates {size}x{size} only; samples {bad[:3]} ask for another size", bad)
         return list(self.arch.generate(self.model, [self.labels(s) for s in samples], [s.seed for s in samples]))
 
 

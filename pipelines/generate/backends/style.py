@@ -28,6 +28,7 @@ import torch
 from pipelines.config import GeneratorSpec
 from pipelines.plan.samples import Sample
 from pipelines.publish.provenance import weights_sha256
+from pipelines.generate.backends import SampleInputError, SampleInputs
 from pipelines.generate.backends.diffusion import load_image
 
 VGG_STYLE, VGG_CONTENT = (1, 6, 11, 20, 29), (22,)  # relu1_1..relu5_1 / relu4_2 in vgg19().features
@@ -145,17 +146,27 @@ class StyleBackend:
 
     def _load(self, urls: list[str], width: int, height: int) -> torch.Tensor:
         """The batch's images; a row's samples share their inputs, so each URL is read once."""
-        arrays = {u: np.asarray(load_image(u, width, height), dtype=np.float32) / 255 for u in dict.fromkeys(urls)}
-        return torch.from_numpy(np.stack([arrays[u] for u in urls])).permute(0, 3, 1, 2).to(self.spec.device)
+        arrays = {u: np.asarray(load_image(u, width, height)) for u in dict.fromkeys(urls)}
+        return self._tensor([arrays[u] for u in urls])
 
-    def generate(self, samples: list[Sample]) -> list[np.ndarray]:
+    def _tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        x = np.stack(images).astype(np.float32) / 255
+        return torch.from_numpy(x).permute(0, 3, 1, 2).to(self.spec.device)
+
+    def generate(self, samples: list[Sample], inputs: list[SampleInputs | None] | None = None) -> list[np.ndarray]:
+        """``inputs``: the samples' decoded images from the fetch stage (read here if absent)."""
         missing = [s.sample_id for s in samples if not (s.init_image and s.style_image)]
         if missing:
-            raise ValueError(f"style backend needs init_image and style_image; samples {missing[:3]} lack one")
+            raise SampleInputError(f"style backend needs init_image and style_image; samples {missing[:3]} lack one",
+                                   missing)
         # batches share a compat key, so one size; a row's samples share their init/style images
         w, h = samples[0].width, samples[0].height
-        content = self._load([s.init_image for s in samples], w, h)  # type: ignore[misc]
-        style = self._load([s.style_image for s in samples], w, h)  # type: ignore[misc]
+        if inputs is None:
+            content = self._load([s.init_image for s in samples], w, h)  # type: ignore[misc]
+            style = self._load([s.style_image for s in samples], w, h)  # type: ignore[misc]
+        else:
+            content = self._tensor([x.init for x in inputs])  # type: ignore[union-attr,misc]
+            style = self._tensor([x.style for x in inputs])  # type: ignore[union-attr,misc]
         out = stylise(self.net, content, style, [s.seed for s in samples],
                       samples[0].steps, self.spec.style_weight)
         images = (out.permute(0, 2, 3, 1).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
