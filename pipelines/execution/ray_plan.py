@@ -63,17 +63,6 @@ def fetch_inputs_stage(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"unit_id": batch["unit_id"], "samples": batch["samples"], "inputs": np.array(out, dtype=object)}
 
 
-def fetch_inputs_stage(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Decoded input images per unit (empty bytes when the unit has none)."""
-    from pipelines.generate.inputs import fetch_inputs
-
-    out = []
-    for samples_json in batch["samples"]:
-        table = fetch_inputs([Sample(**d) for d in json.loads(samples_json)])
-        out.append(b"" if table is None else to_ipc(table))
-    return {"unit_id": batch["unit_id"], "samples": batch["samples"], "inputs": np.array(out, dtype=object)}
-
-
 class GenerateActor:
     def __init__(self, gen: dict[str, Any], torch_threads: int):
         import torch
