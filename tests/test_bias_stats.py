@@ -85,3 +85,47 @@ def test_rebalance_is_deterministic_and_prefers_by_priority():
     part = np.array([True] * 4 + [False] * 4)  # only the masked samples are candidates
     sel3, _ = bias.rebalance(labels, 2, groups, part, np.ones(2), prio)
     assert not sel3[4:].any() and sel3.sum() == 2
+
+
+def test_a_balanced_group_is_flagged_at_about_alpha_and_a_skewed_one_nearly_always():
+    """200 simulated groups of n = 150: near-uniform (p = .26/.25/.25/.24, where the MAD / max-deviation
+    intervals covered the truth only 51% / 71% of the time) vs clearly skewed; and small groups (exact test)."""
+    rng = np.random.default_rng(7)
+
+    def flagged(p, n, sims=200):
+        out = [bias.summarise(rng.choice(len(p), size=n, p=p), len(p), 50, 0.95, rng)["uniformity"] for _ in range(sims)]
+        assert all(u["alpha"] == bias.ALPHA == 0.05 for u in out)
+        return out, sum(u["skewed"] for u in out) / sims
+
+    near, rate = flagged([0.26, 0.25, 0.25, 0.24], 150)
+    assert all(u["test"] == "chi-square" for u in near)
+    assert 0.01 <= rate <= 0.12, rate  # about alpha: a balanced group is not called skewed
+    _, rate = flagged([0.55, 0.25, 0.12, 0.08], 150)
+    assert rate >= 0.98, rate
+    small, rate = flagged([0.25] * 4, 12)  # expected count 3 per value: the exact multinomial test
+    assert all(u["test"] == "exact multinomial" for u in small) and rate <= 0.08, rate
+    _, rate = flagged([0.85, 0.05, 0.05, 0.05], 12)
+    assert rate >= 0.9, rate
+
+
+def test_uniformity_test_matches_scipy():
+    from scipy import stats
+
+    from pipelines.report import metrics as M
+
+    for counts in ([3, 5], [0, 8], [1, 7], [2, 6]):  # exact multinomial with K = 2 is the exact binomial test
+        assert M.uniformity_test(counts)["p_value"] == pytest.approx(stats.binomtest(counts[0], 8).pvalue)
+    counts = [40, 35, 45, 30]
+    u = M.uniformity_test(counts)
+    assert u["test"] == "chi-square" and u["p_value"] == pytest.approx(stats.chisquare(counts).pvalue)
+    assert M.uniformity_test([0, 0, 0])["skewed"] is None
+
+
+def test_report_and_audit_share_one_interval_method():
+    """The report's shares and curation's audit give the same intervals for the same counts and draws."""
+    from pipelines.report import metrics as M
+
+    labels = np.array([0] * 30 + [1] * 12 + [2] * 8)
+    audit = bias.summarise(labels, 3, 1000, 0.95, np.random.default_rng(5))
+    report = M.proportions_ci([str(v) for v in labels], ["0", "1", "2"], 1000, 0.95, seed=5)
+    assert audit["p_ci"] == [[report[c]["lo"], report[c]["hi"]] for c in "012"]

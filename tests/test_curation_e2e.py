@@ -31,7 +31,7 @@ FULL_STACK = {
     "dedup": {"exact": True, "perceptual": {"enabled": True, "max_distance": 6},
               "semantic": {"enabled": True, "eps": 0.001, "cluster_size": 8}, "keep": "best_clip"},
     "safety": {"mode": "report", "concepts": [{"name": "triangle", "prompts": ["a triangle"], "threshold": 0.9}]},
-    "min_clip_score": 0.0,
+    "min_clip_score": 8.5,  # the tiny models score 3.5-26.7 here: removes the 3 lowest (all below 7.6)
     "bias": {"attributes": {"colour": {"red": "a red shape", "blue": ["a blue shape", "something blue"]}},
              "group_by": ["shape"], "bootstrap": 200},
     "rebalance": {"attribute": "colour", "target": "uniform"},
@@ -94,6 +94,24 @@ def test_decisions_table_has_one_row_per_planned_sample(run_a):
     assert "curation.json" in index["files"]
 
 
+def test_the_clip_score_floor_removes_exactly_the_samples_below_it(run_a):
+    out, spec = run_a
+    floor = spec.curation.min_clip_score
+    rows = [r for r in pq.read_table(out / "decisions.parquet").to_pylist() if r["clip_score"] is not None]
+    low = sorted(r["sample_id"] for r in rows if r["clip_score"] < floor)
+    assert 0 < len(low) < len(rows), sorted((r["clip_score"], r["sample_id"]) for r in rows)
+    assert sorted(r["sample_id"] for r in rows if "low_clip_score" in r["reasons"]) == low
+    for r in rows:
+        if r["sample_id"] in low:
+            assert not r["kept"] and r["stage"] == "clip_score"
+    cur = json.loads((out / "curation.json").read_text())
+    stage = next(s for s in cur["stages"] if s["stage"] == "clip_score")
+    assert stage["removed"] == len(low) and cur["reasons"]["low_clip_score"] == len(low)
+    published = set(pq.read_table(sorted(glob.glob(str(out / "shards" / "*.parquet"))), columns=["sample_id"])
+                    .column("sample_id").to_pylist())
+    assert published and not published & set(low)
+
+
 def test_curation_json_records_every_stage_and_audit(run_a):
     out, spec = run_a
     cur = json.loads((out / "curation.json").read_text())
@@ -112,6 +130,8 @@ def test_curation_json_records_every_stage_and_audit(run_a):
             if a["n"]:
                 assert set(a["metrics"]) == {"mad", "max_dev", "entropy", "entropy_norm", "kl_uniform"}
                 assert all(lo <= p <= hi for p, (lo, hi) in zip(a["p"], a["p_ci"]))
+                u = a["uniformity"]  # beside the deviations: is the group skewed at all?
+                assert u["alpha"] == 0.05 and u["n"] == a["n"] and u["skewed"] == (u["p_value"] < 0.05)
     groups = {g["group"]: g for g in cur["rebalance"]["groups"]}
     for a in cur["stages"][-1]["audit"]:  # rebalanced to uniform within each group, where possible
         g = groups[a["group"]]

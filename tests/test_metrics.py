@@ -192,3 +192,33 @@ def test_average_ranks_match_scipy():
     pos, neg = _rng(13).normal(size=30), _rng(14).normal(size=20) - 0.5
     brute = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
     assert m.auc(pos, neg) == pytest.approx(brute)
+
+
+# ------------------------------------------------------------------ non-finite input
+
+
+def test_every_metric_rejects_non_finite_input_naming_the_rows():
+    x, y = _rng(7).normal(size=(40, 6)), _rng(8).normal(size=(30, 6))
+    bad = x.copy()
+    bad[3, 2], bad[17, 0] = np.nan, np.inf
+    before = m.prdc(x, y)
+    calls = {
+        "prdc real": lambda: m.prdc(bad, y), "prdc fake": lambda: m.prdc(y, bad),  # was coverage 0.0, silently
+        "knn_radii": lambda: m.knn_radii(bad), "vendi": lambda: m.vendi_score(bad),
+        "vendi normalised": lambda: m.vendi_score(bad, normalised=True),
+        "vendi kernel": lambda: m.vendi_score_kernel(np.where(np.eye(40) > 0, 1.0, np.nan)),
+        "cmmd": lambda: m.cmmd(bad, y), "mmd": lambda: m.mmd2_unbiased(y, bad), "fd": lambda: m.frechet_distance(bad, y),
+        "top1": lambda: m.top1_cosine(y, bad), "normalise": lambda: m.normalise(bad),
+        "bootstrap": lambda: m.bootstrap_ci(bad[:, 2]), "auc": lambda: m.auc(bad[:, 2], [0.5]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(m.NonFiniteError, match=r"non-finite values \(NaN or inf\) in \d+ of \d+ rows") as e:
+            call()
+        assert e.value.rows in ([3, 17], [17], [3], list(range(40))), (name, e.value.rows)
+    with pytest.raises(m.NonFiniteError) as e:
+        m.prdc(bad, y)
+    assert e.value.rows == [3, 17] and "PRDC real set" in str(e.value)
+    assert m.prdc(x, y) == before  # finite input unchanged
+    with pytest.raises(m.NonFiniteError, match="summary input"):
+        m.summary([1.0, np.inf])
+    assert m.summary([1.0, np.nan, 3.0]) | {} == m.summary([1.0, 3.0]) | {"missing": 1}  # NaN = missing, counted

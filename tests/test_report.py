@@ -17,6 +17,7 @@ from PIL import Image
 
 from pipelines.report import metrics as M
 from pipelines.report import build as R
+from pipelines.report import plots as P
 from pipelines.io.store import Store
 from pipelines.toyworld.reference import build_toyworld_reference
 
@@ -186,6 +187,18 @@ def test_absent_inputs_are_reported_not_fatal(ds, tmp_path):
         R.build_report(Store(str(tmp_path / "nowhere")))
 
 
+def _write_decisions(d: Path, table: pa.Table) -> None:
+    """Replace a dataset's decisions, in whichever layout it has (one file, or a folder of parts)."""
+    p = d / "decisions.parquet"
+    if p.is_dir():
+        parts = sorted(p.glob("*.parquet"))
+        for q in parts[1:]:
+            q.unlink()
+        pq.write_table(table, parts[0])
+    else:
+        pq.write_table(table, p)
+
+
 def _audit(groups, colour_counts):
     return [{"group": g, "attribute": "colour", "values": ["blue", "red"], "n": sum(c), "counts": list(c),
              "p": [x / max(sum(c), 1) for x in c], "p_ci": [[0.0, 1.0], [0.0, 1.0]], "metrics": {}}
@@ -219,7 +232,7 @@ def test_curation_outputs_are_read(ds, tmp_path):
         "attr_labels": pa.array([[("colour", c)] for c in colours], strmap),
         "group": ["g"] * n,
     })
-    pq.write_table(table, d / "decisions.parquet")
+    _write_decisions(d, table)
     groups = ["colour=blue,shape=circle", "colour=red,shape=circle"]
     (d / "curation.json").write_text(json.dumps({
         "version": 1, "counts": {"planned": n, "kept": n - 4},
@@ -244,6 +257,10 @@ def test_curation_outputs_are_read(ds, tmp_path):
     kept_red = [c for c, s, k in zip(colours, ids, kept) if s.startswith("p-red-circle") and k]
     assert row["perceived"]["after"]["colour"]["red"]["count"] == kept_red.count("red")
     assert row["perceived"]["judge"]["domain"]["unknown"]["count"] == 8  # tiny random models draw noise
+    u = row["perceived"]["uniformity"]["before"]["colour"]  # beside the shares: is this group skewed at all?
+    assert u["categories"] == ["blue", "red"] and u["vocabulary"] == "curation.json"
+    assert u["p_value"] == pytest.approx(M.uniformity_test([want.count("blue"), want.count("red")])["p_value"],
+                                         rel=1e-5) and u["skewed"] == (u["p_value"] < 0.05)
     cur = rep["curation"]
     assert [s["stage"] for s in cur["stages"]] == ["generated", "exact_dedup", "semantic_dedup"]
     last = cur["filters"][-1]
@@ -251,6 +268,32 @@ def test_curation_outputs_are_read(ds, tmp_path):
     assert last["attributes"]["colour"]["red"] == {"before": 0.5, "after": 0.5}
     assert cur["per_group"]["colour=blue,shape=circle"]["colour"]["after"]["p"] == pytest.approx([6 / 7, 1 / 7], abs=1e-6)
     assert "Show 1 flagged thumbnail" in html and "semantic_dedup" in html.split('id="curation"')[1]
+
+
+def test_non_finite_embeddings_name_the_samples_instead_of_numbers(ds, tmp_path):
+    """One NaN embedding used to give PRDC coverage 0.0 for the whole set; now the metrics are not
+    computed and the report names the sample."""
+    d = _copy(ds, tmp_path / "nan")
+    f = sorted((d / "embeddings").glob("*.parquet"))[0]
+    t = pq.read_table(f)
+    emb = t.column("image_emb").to_pylist()
+    bad = t.column("sample_id")[2].as_py()
+    emb[2] = [float("nan")] * len(emb[2])
+    pq.write_table(t.set_column(t.column_names.index("image_emb"), "image_emb",
+                                pa.array(emb, t.schema.field("image_emb").type)), f)
+    pq.write_table(pq.read_table([str(p) for p in sorted((ds / "embeddings").glob("*.parquet"))]),
+                   tmp_path / "ref.parquet")  # a finite reference
+    rep, html = R.build_report(Store(str(d)), str(tmp_path / "ref.parquet"))
+    r = rep["reference"]
+    assert not r["available"] and "prdc" not in r and "cmmd" not in r
+    assert r["non_finite_samples"] == {"image_emb": [bad]}
+    assert "non-finite values (NaN or inf)" in r["note"]
+    assert f"non-finite values in samples {bad} (image_emb)" in r["note"]
+    v = rep["diversity"]["vendi"]
+    assert not v["available"] and v["non_finite_samples"] == [bad] and "overall" not in v
+    said = f"non-finite values in samples {bad} (image_emb)"
+    for section in ("diversity", "reference"):
+        assert said in html.split(f'<section id="{section}"')[1].split("</section>")[0], section
 
 
 def test_other_curation_json_layouts_are_read_generically(ds, tmp_path):
@@ -281,7 +324,7 @@ def test_deterministic_choice_and_thumbnails():
     assert max(im.size) == R.THUMB_MAX
 
 
-def test_plots_survive_empty_and_nan_inputs():
+def test_plots_survive_empty_and_nan_inputs(monkeypatch):
     """A prompt group whose samples were all rejected has no Vendi score, no CLIPScores: plots skip it."""
     plt = R._plt()
     assert R._bar_h(plt, {"empty group": float("nan"), "g": 2.0, "none": None}, "t", "x").startswith("data:image/png")
@@ -289,5 +332,20 @@ def test_plots_survive_empty_and_nan_inputs():
     assert R._hist(plt, [("a", np.array([np.nan, 0.5, 0.7]), "#000000")], "t", "x", 0.9).startswith("data:")
     assert R._hist(plt, [("a", np.array([np.nan]), "#000000")], "t", "x") is None
     assert R._rates_plot(plt, {"a": {"n": 0, "rate": None, "lo": None, "hi": None}}, "t") is None
+    # a group curation emptied: no sample anywhere, nothing to draw
     p = {"after": {"colour": M.proportions_ci([], ["red", "blue"])}, "judge": {}}
-    assert R._group_attr_plot(plt, p) is None or R._group_attr_plot(plt, p).startswith("data:")
+    assert R._group_attr_plot(plt, p) is None
+    # samples before curation, none after: the "before" bars only (no NaN bars), with the test in the title
+    p = {"before": {"colour": M.proportions_ci(["red"] * 9 + ["blue"], ["red", "blue"])},
+         "after": {"colour": M.proportions_ci([], ["red", "blue"])},
+         "uniformity": {"before": {"colour": M.uniformity_test([9, 1])}}}
+    drawn, real_bar = [], plt.Axes.bar
+
+    def bar(ax, x, h, *a, **k):
+        drawn.append((k.get("label"), [float(v) for v in h]))
+        return real_bar(ax, x, h, *a, **k)
+
+    monkeypatch.setattr(plt.Axes, "bar", bar)
+    assert R._group_attr_plot(plt, p).startswith("data:image/png")
+    assert drawn == [("before curation", [0.1, 0.9])]
+    assert P._uniformity_note(p, "colour") == "\nbefore: skewed, p = 0.011"

@@ -12,8 +12,13 @@ with ``p`` the distribution of perceived values over ``K`` values and ``u = 1/K`
 - ``entropy`` = -sum_v p_v ln p_v  (nats; ``entropy_norm`` = entropy / ln K)
 - ``kl_uniform`` = sum_v p_v ln(p_v / u) = ln K - entropy
 
-each with a bootstrap confidence interval (resampling the group's samples: multinomial counts
-from the observed distribution; bias-corrected percentile intervals), and the sample count.
+each with a percentile bootstrap interval (resampling the group's samples: ``bootstrap``
+multinomial draws from the observed distribution; :func:`pipelines.report.metrics.share_intervals`,
+the same function the report uses for its shares), the sample count, and a test of uniformity
+(:func:`pipelines.report.metrics.uniformity_test`: chi-square goodness of fit, exact multinomial for
+small n). The deviation metrics are biased upwards near uniform (they cannot go below 0), so their
+intervals say little there; a group is flagged ``skewed`` only when the test rejects uniformity at
+``ALPHA`` (0.05).
 
 Rebalancing selects, per group, the largest subset whose perceived distribution matches a target
 (uniform or given weights): quotas by largest remainder, filled in a deterministic preference
@@ -23,16 +28,17 @@ order (best CLIP score or sample order).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from pipelines.curation.safety import prompt_embedding, softmax
+from pipelines.report.metrics import UNIFORMITY_ALPHA, share_intervals, uniformity_test
 
 TextEmbed = Callable[[Sequence[str]], np.ndarray]
 METRICS = ("mad", "max_dev", "entropy", "entropy_norm", "kl_uniform")
 NO_GROUP = "(all)"
+ALPHA = UNIFORMITY_ALPHA  # significance level of the uniformity test that flags a group as skewed
 
 
 # --------------------------------------------------------------------------- perceived attributes
@@ -81,38 +87,27 @@ def metrics(p: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _bc_interval(boot: np.ndarray, est: float, conf: float) -> tuple[float, float]:
-    """Bias-corrected percentile interval of bootstrap replicates ``boot`` around ``est``."""
-    b = len(boot)
-    frac = (np.sum(boot < est) + 0.5 * np.sum(boot == est)) / b
-    frac = min(max(frac, 1.0 / (b + 1)), b / (b + 1.0))
-    nd = NormalDist()
-    z0 = nd.inv_cdf(frac)
-    za = nd.inv_cdf((1 - conf) / 2)
-    lo_q, hi_q = nd.cdf(2 * z0 + za), nd.cdf(2 * z0 - za)
-    lo, hi = np.quantile(boot, [lo_q, hi_q])
-    return float(min(lo, est)), float(max(hi, est))
-
-
 def summarise(labels: np.ndarray, k: int, bootstrap: int, conf: float,
               rng: np.random.Generator) -> dict[str, Any]:
-    """Distribution of integer labels in [0, k), metrics, and bootstrap CIs of both."""
+    """Distribution of integer labels in [0, k), metrics, their percentile bootstrap intervals, and the
+    uniformity test (``uniformity``: test, statistic, df, p_value, alpha, skewed)."""
     n = int(len(labels))
     counts = np.bincount(labels, minlength=k).astype(np.int64) if n else np.zeros(k, np.int64)
+    test = uniformity_test(counts, ALPHA)
     if n == 0:
         return {"n": 0, "counts": counts.tolist(), "p": [None] * k, "p_ci": [[None, None]] * k,
-                "metrics": {m: {"value": None, "ci": [None, None]} for m in METRICS}}
-    p = counts / n
-    boot = rng.multinomial(n, p, size=bootstrap) / n
-    est = metrics(p)
-    bm = metrics(boot)
+                "metrics": {m: {"value": None, "ci": [None, None]} for m in METRICS}, "uniformity": test}
+    p, lo, hi, boot = share_intervals(counts, bootstrap, conf, rng)
+    est, bm = metrics(p), metrics(boot)
+    a = (1 - conf) / 2
     return {
         "n": n,
         "counts": counts.tolist(),
         "p": p.tolist(),
-        "p_ci": [list(_bc_interval(boot[:, v], float(p[v]), conf)) for v in range(k)],
-        "metrics": {m: {"value": float(est[m]), "ci": list(_bc_interval(bm[m], float(est[m]), conf))}
+        "p_ci": [[float(lo[v]), float(hi[v])] for v in range(k)],
+        "metrics": {m: {"value": float(est[m]), "ci": [float(q) for q in np.quantile(bm[m], [a, 1 - a])]}
                     for m in METRICS},
+        "uniformity": test,
     }
 
 

@@ -1,7 +1,12 @@
 """Publish kept samples as size-bounded shards, then metadata, then ``index.json`` last.
 
-Each shard is built in memory and written as one object (``Store.write_bytes``), because object
-stores only make whole-object PUTs atomic and webdataset's ``ShardWriter`` writes local files.
+Each shard is built in memory and written as one object (``Store.write_bytes``). webdataset's
+``ShardWriter`` could stream to any URL its ``gopen`` can pipe (``pipe:aws s3 cp - s3://...``, ``gs://``,
+curl uploads) or through an ``opener`` such as ``fsspec.open``; we do not stream because a shard must
+appear whole or not at all: one PUT is atomic on an object store (temp file + rename on local disk), a
+transient failure is retried by re-sending the whole object (a half-streamed upload cannot be resumed),
+and the sha256 and size recorded in ``index.json`` are those of the very bytes written. Memory per
+shard is bounded by ``shard_max_bytes``.
 The same samples go to shard ``n`` of every format: ``shards/<name>-<n>.tar`` (webdataset:
 ``<key>.png``, ``<key>.json``, ``<key>.txt``), ``shards/<name>-<n>.parquet`` (image bytes + record)
 and ``embeddings/<n>.parquet`` (CLIP embeddings, referenced from each record).

@@ -55,6 +55,7 @@ from pipelines.report.plots import hist as _hist
 from pipelines.report.plots import rates_plot as _rates_plot
 from pipelines.report.reference import IMAGE_EXT, Reference, load_reference, reference_section
 from pipelines.report.sections import diversity_section, perceived_section, planned_by_group, safety_section, summary_section
+from pipelines.report.sections import metrics_error, nonfinite_samples
 from pipelines.report.settings import (
     CLOSEST_PAIRS,
     DIST_SAMPLE,
@@ -155,7 +156,14 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
 
     # reference first: it decides which images the closest-pair view needs
     ref, ref_error = _load_reference(ds, reference, reference_options, strict_reference)
-    ref_json, ref_extra = reference_section(ds, ref, ref_error, dv)
+    try:
+        ref_json, ref_extra = reference_section(ds, ref, ref_error, dv)
+    except M.NonFiniteError as e:  # NaN/inf embeddings: the section names the samples instead of numbers
+        bad = {k: v for k, v in nonfinite_samples(ds).items() if k == "image_emb"} | (
+            {"reference": [ref.ids[i] for i in M.nonfinite_rows(ref.emb)]}
+            if ref is not None and M.nonfinite_rows(ref.emb) else {})
+        ref_json, ref_extra = {"available": False, "note": "Reference metrics " + metrics_error(e, bad),
+                               "non_finite_samples": bad}, {}
     safety_json, flagged_rows = safety_section(ds, dv, idx_of)
 
     # the images the report shows or judges, read in one pass over the shards
@@ -171,13 +179,23 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
         pngs |= {idx_of[k]: v for k, v in read_pngs(store, sh, ids_here).items()}
     thumbs = {i: png_thumb(pngs[i]) for i in sorted(thumb_rows) if i in pngs}
     jr = run_judge({i: pngs[i] for i in judge_rows if i in pngs}, s.prompt)
-    zs = zero_shot(ds, sorted(jr.verdicts), jr.plugin) if jr.available else ({}, "")
+    try:
+        zs = zero_shot(ds, sorted(jr.verdicts), jr.plugin) if jr.available else ({}, "")
+    except M.NonFiniteError as e:
+        zs = ({}, "CLIP zero-shot labels " + metrics_error(e, {k: v for k, v in nonfinite_samples(ds).items()
+                                                               if k == "image_emb"}))
     del pngs
 
     perceived, source = perceived_section(groups, by_group, ds, dv, dec_groups, jr)
     plt = get_plt()
     summary = summary_section(ds, dv)
-    alignment = alignment_section(ds, groups, by_group, jr, zs)
+    try:
+        alignment = alignment_section(ds, groups, by_group, jr, zs)
+    except M.NonFiniteError as e:  # the judge-vs-CLIPScore numbers need finite scores: name the samples
+        bad = {k: v for k, v in nonfinite_samples(ds).items() if k == "clip_score"}
+        alignment = alignment_section(ds, groups, by_group, JudgeResult(False), ({}, ""))
+        alignment["judge"] |= {"note": "judge agreement and CLIPScore AUC " + metrics_error(e, bad),
+                               "non_finite_samples": bad}
     diversity = diversity_section(ds, groups, by_group, dv)
     curation = curation_section(ds)
 

@@ -17,7 +17,11 @@ Conventions (the report states them next to every number):
   stated number of samples per side.
 * **PRDC** (Naeem et al. 2020), k = 5: precision, recall, density, coverage with k-NN balls in Euclidean
   distance, strict ``<`` as the reference implementation.
-* Confidence intervals: percentile bootstrap, 95 %, fixed seed (deterministic).
+* Confidence intervals: percentile bootstrap, 95 %, fixed seed (deterministic); shares of categories use
+  :func:`proportions_ci`, the one interval method the report and curation's bias audit share.
+
+Non-finite input (NaN, inf) is an error everywhere (:class:`NonFiniteError`, naming the rows): one NaN row
+would otherwise make a minimum or an eigen-decomposition silently wrong (PRDC coverage 0.0 for the whole set).
 
 Everything that touches n x m distances works in row blocks, so memory is O(block * m), never O(n * m).
 """
@@ -25,6 +29,7 @@ Everything that touches n x m distances works in row blocks, so memory is O(bloc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +40,33 @@ BLOCK = 512  # rows per block of a distance matrix: memory O(BLOCK * m)
 BOOT_CHUNK = 2_000_000  # values resampled at a time by the bootstrap
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
+class NonFiniteError(ValueError):
+    """A metric's input holds NaN or inf; ``rows`` are the offending row indices of that input."""
+
+    def __init__(self, what: str, rows: list[int], n: int):
+        self.what, self.rows, self.n = what, rows, n
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        super().__init__(f"{what}: non-finite values (NaN or inf) in {len(rows)} of {n} rows: {shown}")
+
+
+def nonfinite_rows(x: np.ndarray | Sequence[float]) -> list[int]:
+    """Indices of the rows (of a 1-d or 2-d array) holding NaN or inf."""
+    a = np.asarray(x, np.float64)
+    bad = ~np.isfinite(a)
+    return np.flatnonzero(bad.reshape(len(a), -1).any(1) if a.ndim > 1 else bad).tolist() if a.size else []
+
+
+def check_finite(x: np.ndarray | Sequence[float], what: str) -> np.ndarray:
+    """``x`` as float64, or :class:`NonFiniteError` naming the rows that hold NaN or inf."""
+    a = np.asarray(x, np.float64)
+    if not np.isfinite(a).all():
+        raise NonFiniteError(what, nonfinite_rows(np.atleast_1d(a)), len(np.atleast_1d(a)))
+    return a
+
+
+def normalise(x: np.ndarray, what: str = "embeddings") -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), as float64."""
-    x = np.asarray(x, np.float64)
+    x = check_finite(x, what)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-d array (n, d), got shape {x.shape}")
     n = np.linalg.norm(x, axis=1, keepdims=True)
@@ -52,7 +81,7 @@ def vendi_score(x: np.ndarray, normalised: bool = False) -> float:
 
     ``x``: (n, d) embeddings. Identical rows give 1, n mutually orthogonal rows give n.
     """
-    x = np.asarray(x, np.float64) if normalised else normalise(x)
+    x = check_finite(x, "vendi_score input") if normalised else normalise(x, "vendi_score input")
     n = x.shape[0]
     if n == 0:
         return float("nan")
@@ -65,8 +94,9 @@ def vendi_score(x: np.ndarray, normalised: bool = False) -> float:
 
 def vendi_score_kernel(k: np.ndarray) -> float:
     """Vendi score from an explicit n x n similarity matrix with unit diagonal (the O(n^3) definition)."""
+    k = check_finite(k, "vendi_score_kernel input")
     n = k.shape[0]
-    lam = np.linalg.eigvalsh(np.asarray(k, np.float64) / n)
+    lam = np.linalg.eigvalsh(k / n)
     lam = lam[lam > 1e-12]
     return float(np.exp(-np.sum(lam * np.log(lam))))
 
@@ -93,7 +123,7 @@ def _kernel_sum(a: np.ndarray, b: np.ndarray, gamma: float, exclude_diagonal: bo
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA) -> float:
     """Unbiased estimate of squared MMD with the Gaussian RBF kernel (bandwidth ``sigma``)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x, y = check_finite(x, "MMD first set"), check_finite(y, "MMD second set")
     m, n = x.shape[0], y.shape[0]
     if m < 2 or n < 2:
         raise ValueError("unbiased MMD needs at least 2 samples per set")
@@ -106,11 +136,11 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA) -> fl
 
 def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE) -> float:
     """CMMD: unbiased RBF MMD^2 on L2-normalised embeddings, x ``scale`` (1000)."""
-    return scale * mmd2_unbiased(normalise(x), normalise(y), sigma)
+    return scale * mmd2_unbiased(normalise(x, "CMMD first set"), normalise(y, "CMMD second set"), sigma)
 
 
-def gaussian_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x, np.float64)
+def gaussian_stats(x: np.ndarray, what: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    x = check_finite(x, what)
     return x.mean(0), np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
 
 
@@ -125,6 +155,8 @@ def frechet_distance_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2:
     ``Tr((S1 S2)^{1/2}) = Tr((S1^{1/2} S2 S1^{1/2})^{1/2})``; the inner matrix is symmetric PSD, so its
     eigenvalues are real and >= 0 (no complex sqrtm round-off as with scipy.linalg.sqrtm).
     """
+    for v, what in ((mu1, "FD mean 1"), (s1, "FD covariance 1"), (mu2, "FD mean 2"), (s2, "FD covariance 2")):
+        check_finite(v, what)
     r = _psd_sqrt(s1)
     m = r @ s2 @ r
     tr_cross = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
@@ -134,12 +166,12 @@ def frechet_distance_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2:
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """FD between Gaussians fitted to two feature sets (rows = samples), on the features as given."""
-    return frechet_distance_stats(*gaussian_stats(x), *gaussian_stats(y))
+    return frechet_distance_stats(*gaussian_stats(x, "FD first set"), *gaussian_stats(y, "FD second set"))
 
 
-def knn_radii(x: np.ndarray, k: int = PRDC_K) -> np.ndarray:
+def knn_radii(x: np.ndarray, k: int = PRDC_K, what: str = "k-NN input") -> np.ndarray:
     """Distance of each row to its k-th nearest other row (Euclidean)."""
-    x = np.asarray(x, np.float64)
+    x = check_finite(x, what)
     if x.shape[0] <= k:
         raise ValueError(f"need more than k={k} samples, got {x.shape[0]}")
     out = np.empty(x.shape[0])
@@ -151,8 +183,8 @@ def knn_radii(x: np.ndarray, k: int = PRDC_K) -> np.ndarray:
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K) -> dict[str, float]:
     """Precision, recall, density, coverage (Naeem et al. 2020) of ``fake`` against ``real``."""
-    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-    r_rad, f_rad = knn_radii(real, k), knn_radii(fake, k)
+    real, fake = check_finite(real, "PRDC real set"), check_finite(fake, "PRDC fake set")
+    r_rad, f_rad = knn_radii(real, k, "PRDC real set"), knn_radii(fake, k, "PRDC fake set")
     inside_count = np.zeros(fake.shape[0])  # per fake: real balls containing it
     real_covered_by_fake_ball = np.zeros(real.shape[0], bool)  # recall
     real_nn = np.full(real.shape[0], np.inf)  # per real: nearest fake (coverage)
@@ -174,7 +206,7 @@ def top1_cosine(x: np.ndarray, ref: np.ndarray, exclude_self: bool = False) -> t
 
     ``exclude_self``: ``x`` is ``ref`` and the match of a row with itself does not count.
     """
-    x, ref = normalise(x), normalise(ref)
+    x, ref = normalise(x, "top-1 cosine queries"), normalise(ref, "top-1 cosine reference")
     best = np.full(x.shape[0], -np.inf)
     arg = np.zeros(x.shape[0], np.int64)
     if ref.shape[0] == 0:
@@ -198,7 +230,7 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarra
 
     ``stat`` takes a (B, n) array of resamples and returns B values (vectorised).
     """
-    v = np.asarray(values, np.float64)
+    v = check_finite(values, "bootstrap sample")
     if v.size == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
@@ -213,45 +245,111 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarra
     return float(lo), float(hi)
 
 
-def proportions_ci(labels: Sequence[str], categories: Sequence[str] | None = None, n_boot: int = 1000,
-                   level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Share of each category with a percentile bootstrap interval.
+def share_intervals(counts: Sequence[int] | np.ndarray, n_boot: int = 1000, level: float = 0.95,
+                    rng: np.random.Generator | int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shares of K categories from their counts, with 95 % (``level``) percentile bootstrap intervals.
 
-    Resampling n labels with replacement is a multinomial draw with the observed shares, so the
-    bootstrap is done as ``n_boot`` multinomial draws (identical in distribution, O(n_boot * k)).
-    """
-    labels = list(labels)
-    cats = list(categories) if categories is not None else sorted(set(labels))
-    n = len(labels)
+    The one interval method for shares of categories: the report's perceived-attribute shares and
+    curation's bias audit both use it. Resampling the n labels with replacement is a multinomial draw
+    with the observed shares, so the bootstrap is ``n_boot`` multinomial draws (O(n_boot * K)); an
+    interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of the drawn shares, with no bias
+    correction, clamping or widening. A share observed as 0 or 1 gets a zero-width interval, and near
+    uniform the intervals of deviation metrics under-cover (they are bounded below by 0): whether a
+    group is skewed is decided by :func:`uniformity_test`, not by an interval.
+    Returns (shares, lo, hi, draws (n_boot, K) of shares); NaN shares and intervals when n = 0."""
+    c = np.asarray(counts, np.int64)
+    n = int(c.sum())
     if n == 0:
-        return {c: {"share": float("nan"), "lo": float("nan"), "hi": float("nan"), "count": 0} for c in cats}
-    counts = np.array([labels.count(c) for c in cats], np.float64)
-    p = counts / n
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n, p / p.sum() if p.sum() > 0 else np.full(len(cats), 1 / len(cats)),
-                            size=n_boot) / n
+        nan = np.full(len(c), np.nan)
+        return nan, nan, nan, np.zeros((0, len(c)))
+    p = c / n
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    draws = gen.multinomial(n, p, size=n_boot) / n
     a = (1 - level) / 2
     lo, hi = np.quantile(draws, [a, 1 - a], axis=0)
+    return p, lo, hi, draws
+
+
+def proportions_ci(labels: Sequence[str], categories: Sequence[str] | None = None, n_boot: int = 1000,
+                   level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Share of each category with a percentile bootstrap interval (:func:`share_intervals`)."""
+    labels = list(labels)
+    cats = list(categories) if categories is not None else sorted(set(labels))
+    counts = np.array([labels.count(c) for c in cats], np.int64)
+    p, lo, hi, _ = share_intervals(counts, n_boot, level, seed)
     return {c: {"share": float(p[i]), "lo": float(lo[i]), "hi": float(hi[i]), "count": int(counts[i])}
             for i, c in enumerate(cats)}
 
 
+UNIFORMITY_ALPHA = 0.05  # a group is called skewed when the uniformity test rejects at this level
+EXACT_MAX_OUTCOMES = 200_000  # the exact multinomial test enumerates at most this many count vectors
+
+
+def uniformity_test(counts: Sequence[int] | np.ndarray, alpha: float = UNIFORMITY_ALPHA) -> dict[str, Any]:
+    """Test of "the K categories are equally likely" on observed counts.
+
+    Pearson's chi-square goodness of fit (``scipy.stats.chisquare``) when every expected count n / K is
+    at least 5; below that the exact multinomial test: the p-value is the total probability, under the
+    uniform distribution, of every count vector no more likely than the observed one (for K = 2 this is
+    the two-sided exact binomial test). ``skewed`` = p < ``alpha``. None when n = 0 or K < 2."""
+    c = np.asarray(counts, np.int64)
+    n, k = int(c.sum()), len(c)
+    if n == 0 or k < 2:
+        return {"test": None, "n": n, "p_value": None, "alpha": alpha, "skewed": None}
+    from math import comb
+
+    from scipy import stats
+
+    chi2 = float(((c - n / k) ** 2).sum() / (n / k))
+    if n / k < 5 and comb(n + k - 1, k - 1) <= EXACT_MAX_OUTCOMES:
+        test, pval = "exact multinomial", _exact_uniform_p(c)
+    else:
+        test, pval = "chi-square", float(stats.chisquare(c).pvalue)
+    return {"test": test, "n": n, "statistic": chi2, "df": k - 1, "p_value": pval, "alpha": alpha,
+            "skewed": bool(pval < alpha)}
+
+
+def _exact_uniform_p(c: np.ndarray) -> float:
+    from scipy.special import gammaln
+
+    n, k = int(c.sum()), len(c)
+    outcomes = _compositions(n, k)
+    logp = gammaln(n + 1) - gammaln(outcomes + 1).sum(1) - n * np.log(k)
+    obs = gammaln(n + 1) - gammaln(c + 1).sum() - n * np.log(k)
+    return float(min(1.0, np.exp(logp[logp <= obs + 1e-9]).sum()))
+
+
+def _compositions(n: int, k: int) -> np.ndarray:
+    """Every vector of k non-negative integers summing to n, as rows."""
+    if k == 1:
+        return np.array([[n]], np.int64)
+    parts = [np.column_stack([np.full(len(rest := _compositions(n - first, k - 1)), first), rest])
+             for first in range(n + 1)]
+    return np.vstack(parts)
+
+
 def summary(values: Sequence[float] | np.ndarray, seed: int = 0) -> dict[str, float]:
-    """n, mean (95 % bootstrap CI), std, min, quartiles, max of a 1-d sample."""
+    """n, mean (95 % bootstrap CI), std, min, quartiles, max of a 1-d sample.
+
+    NaN marks a missing value (a record without that score): left out and counted in ``missing``, so the
+    summary says how many it lacks. An infinite value is an error (:class:`NonFiniteError`)."""
     v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
+    if np.isinf(v).any():
+        raise NonFiniteError("summary input", np.flatnonzero(np.isinf(v)).tolist(), len(v))
+    missing = int(np.isnan(v).sum())
+    v = v[~np.isnan(v)]
     if v.size == 0:
-        return {"n": 0}
+        return {"n": 0, "missing": missing} if missing else {"n": 0}
     lo, hi = bootstrap_ci(v, seed=seed)
     q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
-    return {"n": int(v.size), "mean": float(v.mean()), "mean_ci_lo": lo, "mean_ci_hi": hi,
+    return {**({"missing": missing} if missing else {}), "n": int(v.size), "mean": float(v.mean()), "mean_ci_lo": lo, "mean_ci_hi": hi,
             "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "min": float(q[0]), "q25": float(q[1]),
             "median": float(q[2]), "q75": float(q[3]), "max": float(q[4])}
 
 
 def auc(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray) -> float:
     """ROC AUC = P(score of a positive > score of a negative), ties counted 1/2 (Mann-Whitney U / mn)."""
-    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    pos, neg = check_finite(pos, "AUC positive scores"), check_finite(neg, "AUC negative scores")
     if pos.size == 0 or neg.size == 0:
         return float("nan")
     ranks = _average_ranks(np.concatenate([pos, neg]))

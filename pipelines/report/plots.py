@@ -89,12 +89,18 @@ def bar_h(plt: Any, items: dict[str, float], title: str, xlabel: str, color: str
 
 
 def group_attr_plot(plt: Any, p: dict[str, Any]) -> str | None:
-    """Per perceived attribute: shares with 95% intervals, one bar per source (before, after, judge)."""
+    """Per perceived attribute: shares with 95% intervals, one bar per source (before, after, judge), and the
+    uniformity test of the curated labels in the title. A source with no sample for an attribute (a group
+    curation emptied) draws no bar; with no sample anywhere there is no figure (None)."""
     from matplotlib.container import BarContainer
 
-    series = [(name, p[key], colour) for key, name, colour in
+    def nonempty(d: dict[str, Any]) -> dict[str, Any]:
+        return {a: dist for a, dist in d.items() if sum((v or {}).get("count") or 0 for v in dist.values()) > 0}
+
+    series = [(name, nonempty(p[key]), colour) for key, name, colour in
               (("before", "before curation", "#4C72B0"), ("after", "after curation", "#DD8452"),
                ("judge", "judge (published)", "#55A868")) if p.get(key)]
+    series = [s for s in series if s[1]]
     attrs = list(dict.fromkeys(a for _, d, _ in series for a in d))
     informative = [a for a in attrs if any(len(d.get(a, {})) > 1 or "unknown" in d.get(a, {}) for _, d, _ in series)]
     # attributes both sources know first, so CLIP's and the judge's views sit side by side
@@ -118,13 +124,23 @@ def group_attr_plot(plt: Any, p: dict[str, Any]) -> str | None:
                    error_kw={"elinewidth": 0.8})
         ax.set_xticks(x, cats, rotation=45, ha="right", fontsize=7)
         ax.set_ylim(0, 1.05)
-        ax.set_title(attr, fontsize=8)
+        ax.set_title(attr + _uniformity_note(p, attr), fontsize=7)
     axes[0][0].set_ylabel("share (95% CI)", fontsize=8)
     handles = {h.get_label(): h for ax in axes[0] for h in ax.containers
                if isinstance(h, BarContainer) and not h.get_label().startswith("_")}
     axes[0][-1].legend(list(handles.values()), list(handles), fontsize=6, frameon=False, loc="upper left",
                        bbox_to_anchor=(1.0, 1.0))
     return _fig_uri(fig, tight=False)
+
+
+def _uniformity_note(p: dict[str, Any], attr: str) -> str:
+    """"\nafter: skewed, p = 0.003" / "\nafter: uniform not rejected, p = 0.41" (the latest curated view)."""
+    for key in ("after", "before"):
+        u = ((p.get("uniformity") or {}).get(key) or {}).get(attr) or {}
+        if u.get("p_value") is not None:
+            verdict = "skewed" if u.get("skewed") else "uniform not rejected"
+            return f"\n{key}: {verdict}, p = {u['p_value']:.2g}"
+    return ""
 
 
 def clip_box(plt: Any, ds: Dataset, groups: list[str], by_group: dict[str, list[int]],

@@ -63,13 +63,34 @@ def planned_by_group(dec_groups: list[str | None]) -> Counter[str]:
     return Counter(g for g in dec_groups if g is not None)
 
 
-def _shares_ci(values: list[str]) -> dict[str, Any]:
-    return M.proportions_ci(values, None, N_BOOT, seed=SEED)
+def _shares_ci(values: list[str], categories: list[str] | None = None) -> dict[str, Any]:
+    cats = None if categories is None else categories + sorted(set(values) - set(categories))
+    return M.proportions_ci(values, cats, N_BOOT, seed=SEED)
+
+
+def _uniformity(values: list[str], categories: list[str] | None) -> dict[str, Any]:
+    """The uniformity test of one group's labels over the attribute's vocabulary (all K values, also the
+    ones never seen); without a vocabulary, over the values observed."""
+    cats = categories if categories is not None else sorted(set(values))
+    return M.uniformity_test([values.count(c) for c in cats]) | {
+        "categories": cats, "vocabulary": "curation.json" if categories is not None else "observed values only"}
+
+
+def _vocabulary(ds: Dataset) -> dict[str, list[str]]:
+    """attribute -> its zero-shot values, from curation.json's audit entries (absent: {})."""
+    out: dict[str, list[str]] = {}
+    cur = ds.curation if isinstance(ds.curation, dict) else {}
+    for stage in cur.get("stages") or []:
+        for e in (stage.get("audit") or []) if isinstance(stage, dict) else []:
+            if isinstance(e, dict) and isinstance(e.get("values"), list):
+                out.setdefault(str(e.get("attribute")), [str(v) for v in e["values"]])
+    return out
 
 
 def perceived_section(groups: list[str], by_group: dict[str, list[int]], ds: Dataset, dv: DecisionView | None,
                       dec_groups: list[str | None], jr: JudgeResult) -> tuple[dict[str, Any], str | None]:
-    """(per group: attribute shares with intervals, the sentence naming where they come from).
+    """(per group: attribute shares with intervals and, for curation's labels, the uniformity test that
+    decides whether the group is skewed; the sentence naming where they come from).
 
     The curation's zero-shot labels of every generated sample (before and after curation) and/or the judge's
     verdicts on published samples (rejected images are not published)."""
@@ -79,9 +100,13 @@ def perceived_section(groups: list[str], by_group: dict[str, list[int]], ds: Dat
         before, after = _labels_by_group(dv, dec_groups)
         sources.append("CLIP zero-shot labels written by curation (decisions.parquet: " + ", ".join(sorted(dv.labels))
                        + "), all generated samples (before) and the kept ones (after)")
+        vocab = _vocabulary(ds)
         for g in groups:
-            perceived[g] = {"before": {a: _shares_ci(v) for a, v in sorted(before.get(g, {}).items())},
-                            "after": {a: _shares_ci(v) for a, v in sorted(after.get(g, {}).items())}}
+            b, a = sorted(before.get(g, {}).items()), sorted(after.get(g, {}).items())
+            perceived[g] = {"before": {k: _shares_ci(v, vocab.get(k)) for k, v in b},
+                            "after": {k: _shares_ci(v, vocab.get(k)) for k, v in a},
+                            "uniformity": {"before": {k: _uniformity(v, vocab.get(k)) for k, v in b},
+                                           "after": {k: _uniformity(v, vocab.get(k)) for k, v in a}}}
     if jr.available:
         sources.append(f"the toy-world judge on up to {JUDGE_PER_GROUP} published samples per group")
         for g in groups:
@@ -113,6 +138,22 @@ def _labels_by_group(dv: DecisionView, dec_groups: list[str | None]) -> \
     return before, after
 
 
+def nonfinite_samples(ds: Dataset) -> dict[str, list[str]]:
+    """Published samples whose image/text embedding or CLIP score holds NaN or inf, by input."""
+    s = ds.samples
+    out = {name: [s.ids[i] for i in M.nonfinite_rows(a)]
+           for name, a in (("image_emb", s.img_emb), ("text_emb", s.txt_emb)) if a is not None and len(a)}
+    out["clip_score"] = [s.ids[i] for i in M.nonfinite_rows(np.asarray(s.clip, np.float64))]  # NaN: none recorded
+    return {k: v for k, v in out.items() if v}
+
+
+def metrics_error(e: M.NonFiniteError, bad: dict[str, list[str]]) -> str:
+    """The sentence a section shows instead of a number: the error and the sample ids behind it."""
+    parts = [f"{', '.join(ids[:20])}{f' and {len(ids) - 20} more' if len(ids) > 20 else ''} ({what})"
+             for what, ids in sorted(bad.items()) if ids]
+    return f"not computed: {e}" + (f"; non-finite values in samples {'; '.join(parts)}" if parts else "")
+
+
 def diversity_section(ds: Dataset, groups: list[str], by_group: dict[str, list[int]],
                       dv: DecisionView | None) -> dict[str, Any]:
     s = ds.samples
@@ -121,7 +162,12 @@ def diversity_section(ds: Dataset, groups: list[str], by_group: dict[str, list[i
                                                    "L2-normalised CLIP image embeddings; 1 = all identical, "
                                                    "n = all orthogonal"}}
     near: dict[str, Any] = {}
-    if s.img_emb is not None and len(s.ids):
+    bad = nonfinite_samples(ds).get("image_emb")
+    if bad:  # every number below would be wrong or an error: say which samples instead
+        e = M.NonFiniteError("image embeddings", M.nonfinite_rows(s.img_emb), len(s.ids))
+        out["vendi"] |= {"available": False, "non_finite_samples": bad,
+                         "note": "Vendi score and residual near duplicates " + metrics_error(e, {"image_emb": bad})}
+    elif s.img_emb is not None and len(s.ids):
         emb = M.normalise(s.img_emb)
         out["vendi"]["overall"] = {"n": len(s.ids), "score": M.vendi_score(emb, normalised=True),
                                    "embedding_dim": int(emb.shape[1])}
