@@ -108,7 +108,8 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
     log("planned", samples=len(prep.samples), units=len(prep.units), fingerprint=prep.fingerprint)
 
     store = spec.output.store()
-    with Lease(store, stale_after_s=spec.output.lease_stale_after_s, heartbeat_s=spec.output.lease_stale_after_s / 6):
+    with Lease(store, stale_after_s=spec.output.lease_stale_after_s, heartbeat_s=spec.output.lease_stale_after_s / 6,
+               wait_s=spec.output.lease_wait_s, log=log):  # installs store.guard: writes refuse once the lease is lost
         result = _run_leased(spec, prep, store, times, t_start, overwrite, quiet, log)
     if not store.list("_staging"):
         store.delete_prefix("_staging")
@@ -146,6 +147,7 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
         from pipelines.execution.ray_plan import run_units
 
         for res in run_units(spec, pending, staging, quiet=quiet):
+            store.check_writable()  # LeaseLost: another run took this output over; stop between units
             busy["generate"] += res["gen_ms"] / 1000
             busy["embed"] += res["clip_ms"] / 1000
             log("unit_staged", unit=res["unit_id"], samples=res["n"])
