@@ -125,6 +125,8 @@ class _Cas:
             except FileNotFoundError:
                 return None
 
+        if self.kind == "local":  # under the lock: never a file half-written by the O_EXCL fallback
+            return self.store._retry(lambda: self._locked(go), self.key)
         return self.store._retry(go, self.key)
 
     def _mine(self, data: bytes) -> str | bytes | None:
@@ -146,6 +148,16 @@ class _Cas:
                 return data
             except FileExistsError:
                 return None
+            except OSError as e:  # no hard links here (some FUSE / network mounts): O_EXCL, under the lock
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                try:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return None
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                return data
             finally:
                 os.unlink(tmp)
 
