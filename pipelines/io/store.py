@@ -33,13 +33,16 @@ def _is_s3(url: str) -> bool:
 
 
 def _one_budget(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """Storage options with botocore's own retries off for S3 (one attempt per request), unless the user
-    configured them; s3fs's retry loop is set to one attempt on the instance (:meth:`Store.__init__`)."""
+    """Storage options with botocore's own retries off for S3 (one attempt per request; a configured retry
+    ``mode`` such as ``adaptive`` keeps its client-side rate limiting); s3fs's retry loop is set to one
+    attempt on the instance (:meth:`Store.__init__`). A ``max_attempts`` in ``storage_options`` still
+    applies to what reads S3 outside a Store (streamed manifest and reference reads)."""
     opts = dict(storage_options or {})
     if _is_s3(url):
         opts["skip_instance_cache"] = True  # the s3fs setting below must not leak to other users of the options
         cfg = dict(opts.get("config_kwargs") or {})
-        cfg.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+        retries = {k: v for k, v in (cfg.get("retries") or {}).items() if k not in ("max_attempts",)}
+        cfg["retries"] = {"mode": "standard", **retries, "total_max_attempts": 1}
         opts["config_kwargs"] = cfg
     return opts
 
