@@ -343,7 +343,10 @@ class Lease:
                     return
                 continue
             if new is None:
-                held = self.current() or {}
+                try:
+                    held = self.current() or {}
+                except Exception:  # noqa: BLE001 - who holds it now is only for the message
+                    held = {}
                 self.lost = (f"{self.store.url}: this run (run {self.run_id}) lost its lease to run "
                              f"{held.get('run_id')} on {held.get('host')}, pid {held.get('pid')}; stopping so "
                              f"that only one run writes this output")
