@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +31,41 @@ class _Log:
             print(json.dumps({"ts": time.time(), "event": event, **fields}, default=str), file=sys.stderr)
         elif not self.quiet and event != "unit_staged":
             print(f"[synthgen] {event}: " + ", ".join(f"{k}={v}" for k, v in fields.items()), file=sys.stderr)
+
+
+@contextmanager
+def _native_stderr_aside() -> Iterator[None]:
+    """Ray's C++ core worker writes to file descriptor 2 directly, past Python logging: e.g. an error-level
+    line that every Ray Data actor pool triggers (its constructor arguments are object refs Ray Data puts
+    itself; ray-project/ray#57733). During a run fd 2 goes to a file while ``sys.stderr`` keeps the
+    terminal; the file is deleted, or named when the run fails. A no-op when stderr is not fd 2 (tests)."""
+    try:
+        is_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        is_fd2 = False
+    if not is_fd2:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd, path = tempfile.mkstemp(prefix="synthgen-ray-native-", suffix=".log")
+    os.dup2(fd, 2)
+    os.close(fd)
+    terminal = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, closefd=False, encoding=terminal.encoding, errors="backslashreplace")
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr = terminal
+        if ok or os.path.getsize(path) == 0:
+            os.unlink(path)
+        else:
+            print(f"(Ray's native log lines of this run: {path})", file=sys.stderr)
 
 
 def _fail(e: SynthgenError) -> None:
@@ -87,12 +125,12 @@ def run(
     from pipelines.execution.runner import run as run_job
 
     log = _Log(log_format, quiet)
-    if quiet or log_format == "json":
-        logging.getLogger("ray").setLevel(logging.WARNING)
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if quiet:  # nothing but errors and the summary: library deprecation notices included
+        warnings.simplefilter("ignore")
     try:
         spec = _load(job, out, manifest)
-        res = run_job(spec, overwrite=overwrite, quiet=quiet or log_format == "json", log=log)
+        with _native_stderr_aside():  # Ray's Python logs are kept off the driver's stderr by ensure_ray
+            res = run_job(spec, overwrite=overwrite, quiet=quiet or log_format == "json", log=log)
     except SynthgenError as e:
         _fail(e)
     summary = {"url": res.url, "fingerprint": res.fingerprint, **res.counts,

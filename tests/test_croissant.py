@@ -93,7 +93,8 @@ def test_published_pngs_carry_valid_manifests_matching_their_records(published):
             assert got["manifest"]["label"] == rec["ai_generated"]["c2pa"]["manifest"]
             sample = c2pa.assertion(got["manifest"], "org.synthgen.sample")
             assert sample["sample_id"] == rec["sample_id"] and sample["fingerprint"] == res.fingerprint
-            assert c2pa.actions(got["manifest"])[0]["parameters"]["weights_sha256"] == rec["generator"]["weights_sha256"]
+            params = c2pa.actions(got["manifest"])[0]["parameters"]
+            assert params["weights_sha256"] == rec["generator"]["weights_sha256"]
             assert rec["ai_generated"]["watermark"]["payload"] is None  # 32 px: below the watermark's minimum
             seen += 1
     assert seen == 4

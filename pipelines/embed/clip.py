@@ -6,15 +6,21 @@ torchmetrics), computed from L2-normalised embeddings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 import torch
 from PIL import Image
 
 from pipelines.config import ClipSpec
-from pipelines.publish.provenance import weights_sha256
+from pipelines.publish.provenance import WEIGHT_SUFFIXES, weights_sha256
+
+if TYPE_CHECKING:  # the embedder itself imports without pyarrow (GPU benchmark hosts)
+    import pyarrow as pa
 
 
 def clip_score(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
@@ -23,9 +29,90 @@ def clip_score(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
     return (100.0 * np.maximum(cos, 0.0)).astype(np.float32)
 
 
+def _path_like(value: str) -> bool:
+    return Path(value).is_absolute() or value.startswith((".", "~")) or value.endswith(WEIGHT_SUFFIXES + (".json",))
+
+
+def model_problems(spec: ClipSpec, shown: Callable[[str], str] = lambda k: "") -> list[str]:
+    """Why this CLIP cannot be created here (each naming its ``clip.*`` key), or []: checked before Ray
+    starts. ``shown(key)``: the value as the spec wrote it. Nothing is downloaded or loaded."""
+    import open_clip
+
+    from pipelines.publish.provenance import hub_problem
+
+    def say(key: str) -> str:
+        return repr(shown(f"clip.{key}") or getattr(spec, key))
+
+    problems: list[str] = []
+    names = set(open_clip.list_models())
+    if spec.model_config_file:
+        cfg = Path(spec.model_config_file)
+        if not cfg.exists():
+            problems.append(f"field 'clip.model_config_file': {say('model_config_file')} not found")
+        names |= {cfg.stem} if cfg.is_file() else {f.stem for f in cfg.glob("*.json")}
+    if spec.model.startswith("hf-hub:"):
+        why = hub_problem("clip.model", spec.model.removeprefix("hf-hub:"), ("open_clip_config.json",))
+        problems += [why] if why else []
+    elif spec.model not in names:
+        near = difflib.get_close_matches(spec.model, sorted(names), n=3)
+        problems.append(f"field 'clip.model': {spec.model!r} is not an open_clip model (built-in, or registered "
+                        f"by clip.model_config_file)" + (f"; close: {', '.join(near)}" if near else ""))
+    p = spec.pretrained
+    if p and (Path(p).exists() or _path_like(p) or "/" in p):
+        if not Path(p).is_file():
+            problems.append(f"field 'clip.pretrained': {say('pretrained')} not found (a weights file)")
+    elif p and spec.model in open_clip.list_models():
+        tags = open_clip.list_pretrained_tags_by_model(spec.model)
+        if p not in tags:
+            problems.append(f"field 'clip.pretrained': {p!r} is not a pretrained tag of {spec.model} "
+                            f"({', '.join(tags) or 'none'}) nor a weights file")
+        else:
+            problems += _cached_tag_problem(spec.model, p)
+    elif p:
+        problems.append(f"field 'clip.pretrained': {p!r} is not a weights file, and {spec.model} has no "
+                        "pretrained tags")
+    t = spec.tokenizer
+    if t and not Path(t).is_dir():
+        why = (f"field 'clip.tokenizer': {say('tokenizer')} not found (a tokenizer folder)" if _path_like(t)
+               else hub_problem("clip.tokenizer", t, ("tokenizer.json", "tokenizer_config.json")))
+        problems += [why] if why else []
+    return problems
+
+
+def _cached_tag_problem(model: str, tag: str) -> list[str]:
+    """Offline, an open_clip pretrained tag loads only if its weights are already cached."""
+    import open_clip
+
+    from pipelines.publish.provenance import hub_cached, hub_offline
+
+    if not hub_offline():
+        return []
+    hub = (open_clip.get_pretrained_cfg(model, tag) or {}).get("hf_hub", "")
+    if hub.endswith("/"):  # a repo: open_clip's default file names
+        repo_id, files = hub.rstrip("/"), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    else:
+        repo_id, _, name = hub.rpartition("/")
+        files = (name,)
+    if hub and hub_cached(repo_id, files):
+        return []
+    return [f"field 'clip.pretrained': {tag!r} weights of {model} are not in the local cache (offline: "
+            "HF_HUB_OFFLINE is set)"]
+
+
+# The CLIP specs of jobs run in this process, as written -> as resolved: published provenance names CLIP
+# files as the job spec wrote them, and the report built during publish loads the CLIP from there.
+_RESOLVED: dict[ClipSpec, ClipSpec] = {}
+
+
+def remember_resolved(written: ClipSpec, resolved: ClipSpec) -> None:
+    _RESOLVED[written] = resolved
+
+
 class ClipEmbedder:
     def __init__(self, spec: ClipSpec, batch_size: int | None = None):
         import open_clip
+
+        spec = _RESOLVED.get(spec, spec)
 
         if spec.model_config_file:
             open_clip.add_model_config(spec.model_config_file)
@@ -82,6 +169,8 @@ def unit_images(table: pa.Table) -> dict[int, Image.Image]:
 def embed_unit(embedder: ClipEmbedder, table: pa.Table) -> pa.Table:
     """Add CLIP embeddings and scores to a generated unit (one pass over its images)."""
     import time
+
+    import pyarrow as pa
 
     from pipelines.contracts.unit import EMBED_FIELDS, with_meta
 

@@ -64,14 +64,14 @@ def fetch_inputs_stage(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class GenerateActor:
-    def __init__(self, gen: dict[str, Any], torch_threads: int):
+    def __init__(self, gen: dict[str, Any], torch_threads: int, model_label: str | None = None):
         import torch
 
         from pipelines.generate.backends import load_backend
 
         torch.set_num_threads(torch_threads)
         self.spec = GeneratorSpec.model_validate(gen)
-        self.backend = load_backend(self.spec)
+        self.backend = load_backend(self.spec, model_label)  # records show the model as the spec wrote it
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipelines.generate.faults import DeviceLostError
@@ -142,8 +142,10 @@ def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bo
 
     ensure_ray(spec.resources.ray_num_cpus, quiet)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = not quiet
-    ctx.enable_operator_progress_bars = not quiet
+    # synthgen shows its own progress per stage (a bar of staged units); Ray Data's bars and progress log
+    # lines would interleave with it
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
     # Start streaming only once every actor holds its model: work spreads over the whole pool, and
     # a pool that cannot fit the cluster fails with an error instead of hanging.
     ctx.wait_for_min_actors_s = spec.resources.actor_start_timeout_s
@@ -160,7 +162,8 @@ def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bo
             GenerateActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=gen_pool.size,
                                                                      max_tasks_in_flight_per_actor=gen_pool.max_units_in_flight),
             num_cpus=gen_pool.num_cpus, num_gpus=gen_pool.num_gpus,
-            fn_constructor_kwargs={"gen": spec.generator.model_dump(), "torch_threads": gen_pool.torch_threads},
+            fn_constructor_kwargs={"gen": spec.generator.model_dump(), "torch_threads": gen_pool.torch_threads,
+                                   "model_label": spec.as_written("generator.model")},
         )
         .map_batches(
             EmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=emb_pool.size,

@@ -44,15 +44,16 @@ def fingerprint(spec: JobSpec, manifest_hash: str) -> str:
     and their weights, generation and embedding parameters, unit layout, thread counts: float
     rounding depends on them). Curation settings are not in it: retuning reuses staged units."""
     g, c = spec.generator, spec.clip
+    written = spec.published_dump()  # model paths as the spec wrote them: the same job from any checkout
     payload = {
         "manifest": manifest_hash,
-        "generator": g.model_dump(),
+        "generator": written["generator"],
         "generator_weights": weights_sha256(g.model, g.revision),
-        "clip": c.model_dump(exclude={"batch_size"}),
+        "clip": {k: v for k, v in written["clip"].items() if k != "batch_size"},
         "clip_weights": weights_sha256(c.pretrained),
         "unit_size": spec.unit_size,
         "torch_threads": spec.resources.generate.torch_threads,
-        "screen": screen.fingerprint(spec.screen),  # settings and rule content
+        "screen": {**screen.fingerprint(spec.screen), "spec": written["screen"]},  # settings and rule content
         "name": spec.name,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -71,12 +72,35 @@ class Prepared:
     @property
     def dataset_fingerprint(self) -> str:
         """Of the published dataset: the units plus the curation that selected from them."""
-        cur = json.dumps(self.spec.curation.model_dump(), sort_keys=True)
+        cur = json.dumps(self.spec.published_dump()["curation"], sort_keys=True)  # reference paths as written
         return hashlib.sha256(f"{self.fingerprint}|{cur}".encode()).hexdigest()[:16]
+
+
+def check_models(spec: JobSpec) -> None:
+    """Every model the job names must load here: a local folder with its index files, an open_clip name,
+    a hub id (cached, when offline). Fails before Ray starts, naming the spec key (exit 2)."""
+    from pathlib import Path
+
+    from pipelines.embed.clip import model_problems
+    from pipelines.generate.backends import model_problem
+
+    problems = [model_problem(spec.generator, spec.as_written("generator.model")),
+                *model_problems(spec.clip, spec.as_written)]
+    clf, key = spec.curation.safety.classifier, "curation.safety.classifier.path"
+    if clf and "://" not in clf.path and not Path(clf.path).is_file():
+        problems.append(f"field '{key}': {spec.as_written(key)!r} not found")
+    if any(problems):
+        raise SpecError("\n".join(f"{spec.source}: {p}" for p in problems if p))
+    from pipelines.config import ClipSpec
+    from pipelines.embed.clip import remember_resolved
+
+    remember_resolved(ClipSpec.model_validate(spec.published_dump()["clip"]), spec.clip)
+
 
 
 def prepare(spec: JobSpec) -> Prepared:
     """Validate and plan; writes nothing (bad input fails here, before any output exists)."""
+    check_models(spec)
     table = manifest.resolve(spec.manifest, spec.output.storage_options)
     source = spec.manifest.path or "manifest.template"
     manifest.check_backend_fields(table, source, spec.generator.backend)
@@ -107,6 +131,11 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
     times["plan"] = time.perf_counter() - t
     log("planned", samples=len(prep.samples), units=len(prep.units), fingerprint=prep.fingerprint)
 
+    if prep.units:  # a pool the cluster can never host fails now, before anything is written
+        from pipelines.execution.resources import check_pools_fit
+
+        ensure_ray(spec.resources.ray_num_cpus, quiet=True)
+        check_pools_fit(spec.resources)
     store = spec.output.store()
     with Lease(store, stale_after_s=spec.output.lease_stale_after_s, heartbeat_s=spec.output.lease_stale_after_s / 6,
                wait_s=spec.output.lease_wait_s, log=log):  # installs store.guard: writes refuse once the lease is lost
@@ -146,11 +175,16 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
     if pending:
         from pipelines.execution.ray_plan import run_units
 
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pending), desc="generate", unit="unit", disable=quiet, dynamic_ncols=True)
         for res in run_units(spec, pending, staging, quiet=quiet):
+            bar.update(1)
             store.check_writable()  # LeaseLost: another run took this output over; stop between units
             busy["generate"] += res["gen_ms"] / 1000
             busy["embed"] += res["clip_ms"] / 1000
             log("unit_staged", unit=res["unit_id"], samples=res["n"])
+        bar.close()
     times["generate+embed+stage (wall)"] = time.perf_counter() - t
     n_generated = sum(u.n for u in pending)
     ips = n_generated / times["generate+embed+stage (wall)"] if pending else 0.0
@@ -166,6 +200,9 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
             {"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "kept": False,
              "reasons": [f"generation_failed: {r['error']}"]} for r in failed.to_pylist()], schema=decisions.schema)])
     times["curate"] = time.perf_counter() - t
+    n_kept = int(pc.sum(decisions.column("kept")).as_py() or 0)
+    log("curated", kept=n_kept, rejected=decisions.num_rows - n_kept)
+    log("publishing", what="shards, decisions, provenance, card, report, index")
 
     t = time.perf_counter()
     counts = publish_dataset(store, prep, staging, decisions, stage_seconds={**times, **{
@@ -191,18 +228,27 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
-    """Join ``RAY_ADDRESS`` if set (a cluster), else start a local cluster (one machine)."""
+    """Join ``RAY_ADDRESS`` if set (a cluster), else start a local cluster (one machine). ``quiet``: Ray's
+    own INFO/WARNING lines and the workers' output stay in Ray's session logs, off the driver's stderr."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
+    level = logging.ERROR if quiet else logging.INFO
+    if quiet:
+        import ray.data  # noqa: F401 - configures its own "ray.data" logger on import; quieten it after
+
+        logging.getLogger("ray.data").setLevel(level)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=not quiet)
+        ray.init(log_to_driver=not quiet, logging_level=level)
     else:
         # Ray keeps at most `num_workers_soft_limit` workers (default: the CPU count). On a small machine the
         # actor pools alone reach that, so each stage_units task got a fresh worker (importing torch) that was
         # killed again when idle: that churn took ~10-20% of the generators' CPU on 2 cores (768 samples:
         # 50-55 s -> 45 s). A higher limit keeps the task workers warm.
         limit = max(8, 2 * (num_cpus or os.cpu_count() or 1))
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
-                 _system_config={"num_workers_soft_limit": limit})
+        # address='local': always a new cluster, never one some `ray start` left on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
+                 logging_level=level, _system_config={"num_workers_soft_limit": limit})

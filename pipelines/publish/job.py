@@ -59,13 +59,13 @@ def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions:
     curation = summary_of(decisions)  # per-stage counts, dedup, references, safety, bias audits
     if curation is not None:
         files["curation.json"] = write_json(store, "curation.json", curation)
-    job_spec = spec.model_dump()
+    job_spec = spec.published_dump()  # model and file paths as the job spec wrote them, not as resolved here
     job_spec["output"]["storage_options"] = provenance.redact(spec.output.storage_options)
     if job_spec["manifest"].get("storage_options"):
         job_spec["manifest"]["storage_options"] = provenance.redact(job_spec["manifest"]["storage_options"])
     files["provenance.json"] = write_json(store, "provenance.json", {
         "job": job, "job_spec": job_spec, "code_version": provenance.code_version(),
-        "manifest": {"sha256_content": prep.manifest_hash, "source": spec.manifest.path or "template",
+        "manifest": {"sha256_content": prep.manifest_hash, "source": spec.as_written("manifest.path") or "template",
                      "rows": prep.manifest.num_rows},
         "models": {
             "generator": {**(gen_info or {}), "files": dict(provenance.weight_files(spec.generator.model))},

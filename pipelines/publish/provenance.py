@@ -9,6 +9,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +40,33 @@ def _local_path(model: str, revision: str | None) -> Path:
         return Path(snapshot_download(model, revision=revision, local_files_only=True))
     except Exception:  # not cached here (e.g. the driver of a cluster without the weights)
         return p
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
+def hub_cached(repo_id: str, filenames: tuple[str, ...], revision: str | None = None) -> bool:
+    """Whether one of ``filenames`` of a hub repo is in the local HF cache (nothing is downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str) for f in filenames)
+
+
+def hub_problem(key: str, value: str, filenames: tuple[str, ...], revision: str | None = None) -> str | None:
+    """Why ``value`` (a hub id, as the spec wrote it) cannot load here, or None: offline, its files must be
+    cached; online, the workers download it."""
+    if not HUB_ID.match(value):
+        return f"field '{key}': {value!r} is not a local path here and not a hub id"
+    if hub_offline() and not hub_cached(value, filenames, revision):
+        return (f"field '{key}': {value!r} is not a local path here, and as a hub id it is not in the local "
+                f"Hugging Face cache (offline: HF_HUB_OFFLINE is set)")
+    return None
 
 
 @lru_cache(maxsize=None)

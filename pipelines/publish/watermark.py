@@ -90,7 +90,6 @@ def embed(rgb: np.ndarray, mark: Mark, strength: float = 24.0) -> np.ndarray:
     c = coeffs[..., _COEF[0], _COEF[1]]
     target = (np.round((c - bits * strength / 2) / strength) * strength) + bits * strength / 2
     coeffs[..., _COEF[0], _COEF[1]] = target
-    q = BLOCK // 2
     ll = idctn(coeffs, axes=(2, 3), norm="ortho").transpose(0, 2, 1, 3).reshape(hb // 2, wb // 2)
     _, details = pywt.dwt2(y[:hb, :wb], "haar")
     y_new = y.copy()
