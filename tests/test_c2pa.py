@@ -55,8 +55,13 @@ def test_dev_chain_has_the_extensions_c2pa_requires(chain, tmp_path):
     again = c2pa.dev_chain(Path(chain.cert).parent)  # made once, then reused
     assert Path(again.cert).read_bytes() == Path(chain.cert).read_bytes()
     desc = chain.describe()
-    assert desc["development_chain"] and desc["algorithm"] == "ES256"
+    assert desc["development_chain"] and desc["public_key"] == "EC secp256r1"
     assert "PRIVATE" not in json.dumps(desc) and chain.key not in json.dumps(desc)
+    assert "PRIVATE" not in repr(chain) and "PRIVATE" not in repr(Labeller("d", "f", chain))
+    import pickle
+
+    moved = pickle.loads(pickle.dumps(chain))  # as shard tasks on other machines receive it
+    assert moved.key_pem() == Path(chain.key).read_bytes()
 
 
 def test_signed_png_reads_back_valid_and_trusted_only_with_its_root(chain):

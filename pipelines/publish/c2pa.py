@@ -27,7 +27,7 @@ import struct
 import tempfile
 import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,21 +42,30 @@ class SigningError(RuntimeError):
 
 @dataclass(frozen=True)
 class SigningKey:
-    """Where the chain and key are (paths only, safe to pass to workers); ``dev`` for the local chain."""
+    """Where the chain and key are (paths: a real key stays in files every worker mounts). The
+    development chain also travels inline (``dev``), so workers on other machines sign with the same
+    untrusted chain; ``repr`` never shows it."""
 
     cert: str
     key: str
     dev: bool = False
+    inline: tuple[bytes, bytes] | None = field(default=None, repr=False)
+
+    def chain_pem(self) -> bytes:
+        return self.inline[0] if self.inline else Path(self.cert).read_bytes()
+
+    def key_pem(self) -> bytes:
+        return self.inline[1] if self.inline else Path(self.key).read_bytes()
 
     def describe(self) -> dict[str, Any]:
         """What provenance may say about the signer: subject, issuer, fingerprint. Never the key."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
 
-        cert = x509.load_pem_x509_certificates(Path(self.cert).read_bytes())[0]
+        cert = x509.load_pem_x509_certificates(self.chain_pem())[0]
         return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
                 "sha256": cert.fingerprint(hashes.SHA256()).hex(),
-                "development_chain": self.dev, "algorithm": "ES256" if self.dev else _alg_of(self.key)}
+                "development_chain": self.dev, "public_key": _key_kind(cert.public_key())}
 
 
 def software_version() -> str:
@@ -86,7 +95,8 @@ def dev_chain(directory: Path | None = None) -> SigningKey:
             for f in tmp.iterdir():
                 f.unlink()
             tmp.rmdir()
-    return SigningKey(str(d / "chain.pem"), str(d / "key.pem"), dev=True)
+    return SigningKey(str(d / "chain.pem"), str(d / "key.pem"), dev=True,
+                      inline=((d / "chain.pem").read_bytes(), (d / "key.pem").read_bytes()))
 
 
 def _write_dev_chain(d: Path) -> None:
@@ -146,11 +156,17 @@ def resolve_key(cert: str | None, key: str | None) -> SigningKey:
     return SigningKey(cert, key)
 
 
-def _alg_of(key_path: str) -> str:
+def _key_kind(key: Any) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return f"EC {key.curve.name}" if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
+
+
+def _alg_of(key_pem: bytes) -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-    k = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    k = serialization.load_pem_private_key(key_pem, password=None)
     if isinstance(k, ec.EllipticCurvePrivateKey):
         return {"secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"}[k.curve.name]
     if isinstance(k, ed25519.Ed25519PrivateKey):
@@ -173,8 +189,8 @@ def _signer(sk: SigningKey):
     import c2pa
 
     try:
-        info = c2pa.C2paSignerInfo(_alg_of(sk.key).encode(), Path(sk.cert).read_bytes(),
-                                   Path(sk.key).read_bytes(), None)
+        key = sk.key_pem()
+        info = c2pa.C2paSignerInfo(_alg_of(key).encode(), sk.chain_pem(), key, None)
         return c2pa.Signer.from_info(info)
     except (ValueError, OSError, c2pa.C2paError) as e:  # the message names no key material
         raise SigningError(f"C2PA signer could not be created from {sk.cert}: {type(e).__name__}") from None
