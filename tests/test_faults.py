@@ -145,7 +145,8 @@ def test_an_actor_pool_that_cannot_fit_fails_clearly_instead_of_hanging(tiny_mod
 
     spec = job_dict(tiny_models, str(tmp_path / "ds"), resources={
         "generate": {"size": 2, "num_cpus": 1.5, "torch_threads": 1},  # 3 CPUs on a 2-CPU cluster
-        "embed": {"size": 1, "num_cpus": 0.25, "torch_threads": 1}, "actor_start_timeout_s": 5})
+        "embed": {"size": 1, "num_cpus": 0.25, "torch_threads": 1}, "actor_start_timeout_s": 5,
+        "autoscaler": True})  # as if one could add nodes: Ray waits, then fails (without one it fails at once)
     t0 = time.time()
     with pytest.raises(SynthgenError, match=r"actor pools did not start within 5 s.*generate: 2 x 1.5 CPU"):
         run(JobSpec.model_validate(spec), quiet=True)
