@@ -49,9 +49,11 @@ def bias_findings(curation: dict[str, Any] | None) -> list[str]:
         if not e.get("n") or not p or None in p:
             continue
         top = max(range(len(p)), key=lambda i: p[i])
-        out.append(f"perceived {e['attribute']} (zero-shot CLIP) in group '{e['group']}': n={e['n']}, most often "
-                   f"'{values[top]}' ({p[top]:.0%}); distribution "
-                   + ", ".join(f"{v} {q:.0%}" for v, q in zip(values, p)))
+        lead = ("no value dominates" if max(p) - min(p) < 1e-9 else f"most often '{values[top]}' ({p[top]:.0%})")
+        dev = ((e.get("metrics") or {}).get("max_dev") or {}).get("value")
+        spread = f"; largest deviation from uniform {dev:.2f}" if dev is not None else ""
+        out.append(f"perceived {e['attribute']} (zero-shot CLIP) in group '{e['group']}': n={e['n']}, {lead}; "
+                   + ", ".join(f"{v} {q:.0%}" for v, q in zip(values, p)) + spread)
     return out
 
 
