@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test bench toy-models tiny-models browser clean
+.PHONY: install demo test bench bench-gpu toy-models tiny-models browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,13 @@ test: install tiny-models browser
 
 bench: install tiny-models
 	$(BIN)/python -m benchmarks.run
+
+# On a GPU host: generation at real model sizes (SD 1.5, SD-Turbo-class, SDXL; batch 1/4/16/32; compile
+# off/on) vs a bare diffusers loop -> benchmarks/results/generation-<gpu>.json. Needs torch, transformers,
+# diffusers, open_clip_torch, pydantic and pyyaml only (no Ray, no venv): BENCH_PY=python3 by default.
+BENCH_PY ?= python3
+bench-gpu:
+	$(BENCH_PY) -m benchmarks.bench_generation
 
 toy-models: install
 	$(BIN)/python -m pipelines.toyworld.train all

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.curation.rowwise import rowdot
 from pipelines.curation.safety import prompt_embedding, softmax
 from pipelines.report.metrics import UNIFORMITY_ALPHA, share_intervals, uniformity_test
 
@@ -57,7 +58,7 @@ def zero_shot(img_emb: np.ndarray, vocab: dict[str, tuple[list[str], np.ndarray]
               logit_scale: float) -> dict[str, np.ndarray]:
     """attribute -> (n, K) probabilities."""
     img = img_emb / np.maximum(np.linalg.norm(img_emb, axis=1, keepdims=True), 1e-12)
-    return {a: softmax(logit_scale * (img @ emb.T)).astype(np.float32) for a, (_, emb) in vocab.items()}
+    return {a: softmax(logit_scale * rowdot(img, emb)).astype(np.float32) for a, (_, emb) in vocab.items()}
 
 
 def group_keys(attribute_maps: list[dict[str, str]], group_by: list[str] | None) -> list[str]:

@@ -25,56 +25,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from pipelines.contracts.decisions import DECISIONS_SCHEMA, SUMMARY_KEY
 from pipelines.curation import bias
-
-from pipelines.curation.dedup import hashes as dedup
-
 from pipelines.curation import references as refsets
-
 from pipelines.curation import safety
-
+from pipelines.curation.context import Context, build_context
+from pipelines.curation.dedup import hashes as dedup
 from pipelines.curation.dedup import semantic as semdedup
 
 if TYPE_CHECKING:
     from pipelines.config import JobSpec
 
-SUMMARY_KEY = "synthgen.curation"
-_F32_MAP = pa.map_(pa.string(), pa.float32())
-DECISIONS_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("prompt_id", pa.string()),
-        ("kept", pa.bool_()),
-        ("reasons", pa.list_(pa.string())),  # why it was not kept (empty if kept)
-        ("flags", pa.list_(pa.string())),  # kept-with-a-flag findings (safety/reference in report mode)
-        ("stage", pa.string()),  # first stage that rejected it (null if kept)
-        ("clip_score", pa.float32()),
-        ("pixel_sha256", pa.string()),
-        ("phash", pa.string()),
-        ("exact_dup_of", pa.string()),
-        ("phash_nn", pa.string()),  # nearest sample within the pHash radius, and its distance
-        ("phash_nn_distance", pa.int32()),
-        ("sem_cluster", pa.int32()),
-        ("sem_nn", pa.string()),  # nearest sample in its k-means cluster, and the cosine
-        ("sem_nn_cos", pa.float32()),
-        ("dup_of", pa.string()),  # the kept sample a within-run duplicate was dropped for
-        ("prior_match", pa.string()),  # "<dataset>/<sample_id>" of an earlier dataset it duplicates
-        ("prior_top1_cos", pa.float32()),
-        ("prior_phash_distance", pa.int32()),
-        ("ref_top1_cos", _F32_MAP),  # reference set -> top-1 cosine
-        ("ref_top1_id", pa.map_(pa.string(), pa.string())),
-        ("ref_phash_distance", pa.map_(pa.string(), pa.int32())),
-        ("safety_scores", _F32_MAP),  # concept -> score
-        ("attr_probs", _F32_MAP),  # "attribute=value" -> zero-shot probability
-        ("attr_labels", pa.map_(pa.string(), pa.string())),  # attribute -> perceived value
-        ("group", pa.string()),  # prompt group of the bias audit
-    ]
-)
 STAGES = ("prior_dedup", "reference", "safety", "clip_score", "exact_dedup", "perceptual_dedup",
           "semantic_dedup", "rebalance")
 
 
-class _State:
+class State:
     def __init__(self, light: pa.Table):
         self.n = light.num_rows
         self.ids = light.column("sample_id").to_pylist()
@@ -96,7 +62,7 @@ class _State:
         self.cols[name] = values
 
 
-def _policy_rank(st: _State, policy: str) -> np.ndarray:
+def policy_rank(st: State, policy: str) -> np.ndarray:
     """0 = most preferred. "first": plan order; "best_clip": highest CLIPScore, then plan order."""
     order = np.arange(st.n) if policy == "first" else np.lexsort((np.arange(st.n), -st.clip))
     rank = np.empty(st.n, np.int64)
@@ -104,7 +70,7 @@ def _policy_rank(st: _State, policy: str) -> np.ndarray:
     return rank
 
 
-def _embeddings(light: pa.Table) -> np.ndarray:
+def embeddings(light: pa.Table) -> np.ndarray:
     col = light.column("image_emb").combine_chunks()
     if len(col) == 0:
         return np.zeros((0, 0), np.float32)
@@ -112,7 +78,7 @@ def _embeddings(light: pa.Table) -> np.ndarray:
     return flat.reshape(len(col), -1)
 
 
-def _settings(cur: Any) -> dict[str, Any]:
+def settings(cur: Any) -> dict[str, Any]:
     """The curation spec as run, credentials in storage options redacted."""
     from pipelines.publish.provenance import redact
 
@@ -123,53 +89,91 @@ def _settings(cur: Any) -> dict[str, Any]:
     return out
 
 
-def _nullable(a: np.ndarray, missing: Any = -1) -> list[Any]:
+def nullable(a: np.ndarray, missing: Any = -1) -> list[Any]:
     return [None if (v == missing or (isinstance(v, float) and np.isnan(v))) else v.item() for v in a]
 
 
-def decide(light: pa.Table, spec: "JobSpec", screened: list[dict[str, Any]]) -> pa.Table:
+def decide(light: pa.Table, spec: "JobSpec", screened: list[dict[str, Any]], ctx: Context | None = None
+           ) -> pa.Table:
     """Decisions table: generated samples in sample order (``light`` has LIGHT_COLUMNS of each),
-    then the prompt-screened ones (never generated, so no scores)."""
+    then the prompt-screened ones (never generated, so no scores). The whole run in one process; the
+    cluster runs the same stage functions per partition (``pipelines/execution/curate_plan.py``)."""
     cur = spec.curation
-    st = _State(light)
+    st = State(light)
     n = st.n
-    summary: dict[str, Any] = {"version": 1, "settings": _settings(cur), "stages": []}
-    emb = _embeddings(light) if n else np.zeros((0, 0), np.float32)
-    sha = light.column("pixel_sha256").to_pylist()
-    ph = light.column("phash").to_pylist() if "phash" in light.column_names else [None] * n
-    need_text = n and (cur.safety.mode != "off" or cur.bias.attributes)
-    need_images = n and any(not r.url.endswith((".npy", ".parquet")) for r in cur.references)
-    embedder, logit_scale = None, 100.0
-    if need_text or need_images:
-        from pipelines.embed.clip import ClipEmbedder
-
-        embedder = ClipEmbedder(spec.clip)
-        logit_scale = min(float(embedder.model.logit_scale.detach().exp()), 100.0)
-
-    _prior(st, cur, emb, sha, ph, summary)
-    _references(st, cur, emb, sha, ph, embedder, summary)
-    if cur.safety.mode != "off" and n:
-        scores, thr = safety.concept_scores(emb, cur.safety, embedder.text_embeddings, logit_scale)
-        for k, names in enumerate(safety.flagged(scores, thr, n)):
-            for c in names:
-                (st.reject(k, f"unsafe:{c}", "safety") if cur.safety.mode == "filter" else st.flags[k].append(
-                    f"unsafe:{c}"))
-        st.col("safety_scores", [list((c, float(s[k])) for c, s in scores.items()) for k in range(n)])
-        summary["safety"] = {"mode": cur.safety.mode, "concepts": [
-            {"name": c, "threshold": thr[c], "flagged": int((s >= thr[c]).sum()),
-             "mean_score": float(s.mean())} for c, s in scores.items()]}
-    if cur.min_clip_score is not None:
-        for k in np.flatnonzero(st.clip < cur.min_clip_score):
-            st.reject(int(k), "low_clip_score", "clip_score")
+    summary: dict[str, Any] = {"version": 1, "settings": settings(cur), "stages": []}
+    ctx = ctx if ctx is not None else build_context(cur, spec.clip, n > 0)
+    emb = embeddings(light) if n else np.zeros((0, 0), np.float32)
+    sha, ph = hashes_of(light)
+    perceived = score(st, cur, ctx, light, emb, sha, ph, summary)
     _within_run(st, cur, emb, sha, ph, summary)
 
     # rebalancing on the survivors, then the bias audit after every stage
-    audits = _bias(st, cur, light, emb, embedder, logit_scale, summary) if cur.bias.attributes and n else None
-    summary["stages"] = _stage_counts(st, cur, audits)
-    return _table(light, st, screened, summary)
+    audits = None
+    if perceived is not None:
+        labels, values, groups = perceived
+        if cur.rebalance is not None:
+            rb = cur.rebalance
+            before = st.alive("semantic_dedup")
+            sel, records = bias.rebalance(labels[rb.attribute], len(values[rb.attribute]), groups, before,
+                                          rebalance_target(cur, values), policy_rank(st, rb.prefer))
+            for k in np.flatnonzero(before & ~sel):
+                st.reject(int(k), f"rebalance:{rb.attribute}", "rebalance")
+            summary["rebalance"] = rebalance_info(cur, values, records)
+        b = cur.bias
+        audits = {"generated": bias.audit(labels, values, groups, np.ones(n, bool), b.bootstrap, b.confidence,
+                                          b.seed)}
+        for s in enabled_stages(cur):
+            audits[s] = bias.audit(labels, values, groups, st.alive(s), b.bootstrap, b.confidence, b.seed)
+        summary["bias"] = bias_summary(cur, values, ctx.logit_scale)
+    summary["stages"] = stage_counts(cur, n, {s: int(st.alive(s).sum()) for s in enabled_stages(cur)}, audits)
+    table = pa.concat_tables([generated_table(st, light.column("prompt_id").to_pylist(), sha, ph),
+                              screened_table(screened)])
+    kept = [not r for r in st.reasons]
+    finish_summary(summary, tally(table.column("reasons").to_pylist(), st.flags, kept), len(screened), n)
+    return with_summary(table, summary)
 
 
-def _prior(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, summary: dict) -> None:
+def hashes_of(light: pa.Table) -> tuple[list, list]:
+    sha = light.column("pixel_sha256").to_pylist()
+    ph = light.column("phash").to_pylist() if "phash" in light.column_names else [None] * light.num_rows
+    return sha, ph
+
+
+def score(st: State, cur: Any, ctx: Context, light: pa.Table, emb: np.ndarray, sha: list, ph: list,
+          summary: dict) -> tuple[dict, dict, list] | None:
+    """Stages 1-4 and the perceived attributes: per sample, so any partition of the samples gives the
+    same rows (the summary's counts add up; see ``merge_scores``). Returns (labels, values, groups)."""
+    _prior(st, cur, emb, sha, ph, summary, ctx.priors)
+    _references(st, cur, emb, sha, ph, ctx.references, summary)
+    if cur.safety.mode != "off" and st.n:
+        scores, thr = safety.concept_scores(emb, cur.safety, ctx.text, ctx.logit_scale)
+        for k, names in enumerate(safety.flagged(scores, thr, st.n)):
+            for c in names:
+                (st.reject(k, f"unsafe:{c}", "safety") if cur.safety.mode == "filter" else st.flags[k].append(
+                    f"unsafe:{c}"))
+        st.col("safety_scores", [list((c, float(s[k])) for c, s in scores.items()) for k in range(st.n)])
+        summary["safety"] = {"mode": cur.safety.mode, "concepts": [
+            {"name": c, "threshold": thr[c], "flagged": int((s >= thr[c]).sum()),
+             "mean_score": float(s.mean()), "sum": float(s.astype(np.float64).sum())} for c, s in scores.items()]}
+    if cur.min_clip_score is not None:
+        for k in np.flatnonzero(st.clip < cur.min_clip_score):
+            st.reject(int(k), "low_clip_score", "clip_score")
+    if not (cur.bias.attributes and st.n):
+        return None
+    probs = bias.zero_shot(emb, ctx.vocab, cur.bias.logit_scale or ctx.logit_scale)
+    labels = {a: p.argmax(axis=1) for a, p in probs.items()}
+    values = {a: v for a, (v, _) in ctx.vocab.items()}
+    groups = bias.group_keys([dict(m or []) for m in light.column("attributes").to_pylist()], cur.bias.group_by)
+    st.col("attr_probs", [[(f"{a}={v}", float(probs[a][k, i])) for a in probs for i, v in enumerate(values[a])]
+                          for k in range(st.n)])
+    st.col("attr_labels", [[(a, values[a][int(labels[a][k])]) for a in labels] for k in range(st.n)])
+    st.col("group", groups)
+    return labels, values, groups
+
+
+def _prior(st: State, cur: Any, emb: np.ndarray, sha: list, ph: list, summary: dict,
+           exts: list[refsets.ExternalSet]) -> None:
     if not cur.prior_datasets:
         return
     d = cur.dedup
@@ -177,8 +181,7 @@ def _prior(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, summary: 
     best_dist = np.full(st.n, -1, np.int64)
     match: list[str | None] = [None] * st.n
     summary["prior_datasets"] = []
-    for p in cur.prior_datasets:
-        ext = refsets.load_dataset(p.url, p.storage_options)
+    for p, ext in zip(cur.prior_datasets, exts):
         hits = 0
         kinds: list[tuple[str, np.ndarray]] = []
         if d.exact and ext.sha:
@@ -202,19 +205,19 @@ def _prior(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, summary: 
                     break
         summary["prior_datasets"].append({"url": p.url, "name": ext.name, "samples": len(ext), "matched": hits})
     st.col("prior_match", match)
-    st.col("prior_top1_cos", _nullable(best_cos))
-    st.col("prior_phash_distance", _nullable(best_dist))
+    st.col("prior_top1_cos", nullable(best_cos))
+    st.col("prior_phash_distance", nullable(best_dist))
 
 
-def _references(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, embedder: Any, summary: dict) -> None:
+def _references(st: State, cur: Any, emb: np.ndarray, sha: list, ph: list, exts: list[refsets.ExternalSet],
+                summary: dict) -> None:
     if not cur.references:
         return
     cos_map: list[list] = [[] for _ in range(st.n)]
     id_map: list[list] = [[] for _ in range(st.n)]
     dist_map: list[list] = [[] for _ in range(st.n)]
     summary["references"] = []
-    for r in cur.references:
-        ext = refsets.load_reference(r.name, r.url, r.storage_options, embedder)
+    for r, ext in zip(cur.references, exts):
         cos, idx = refsets.top1_cosine(emb, ext.emb) if ext.emb is not None else (
             np.full(st.n, np.nan, np.float32), np.full(st.n, -1, np.int64))
         exact = refsets.exact_match(sha, ext.sha) if ext.sha else np.full(st.n, -1)
@@ -240,10 +243,10 @@ def _references(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, embe
     st.col("ref_phash_distance", dist_map)
 
 
-def _within_run(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, summary: dict) -> None:
+def _within_run(st: State, cur: Any, emb: np.ndarray, sha: list, ph: list, summary: dict) -> None:
     d = cur.dedup
     n = st.n
-    base = _policy_rank(st, d.keep)
+    base = policy_rank(st, d.keep)
     rank = base + np.where(st.first_stage < len(STAGES), n, 0)  # already rejected: never the copy kept
     alive = np.ones(n, bool)
     dup_of: list[str | None] = [None] * n
@@ -264,7 +267,7 @@ def _within_run(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, summ
         nn, nd = dedup.nearest_from_pairs(n, pairs, closer="low")
         drop, of, _ = dedup.resolve(n, pairs, rank, alive, closer="low")
         st.col("phash_nn", [st.ids[o] if o >= 0 else None for o in nn])
-        st.col("phash_nn_distance", _nullable(nd, np.nan))
+        st.col("phash_nn_distance", nullable(nd, np.nan))
         for k in np.flatnonzero(drop):
             st.reject(int(k), "perceptual_duplicate", "perceptual_dedup")
             dup_of[k] = st.ids[of[k]]
@@ -283,9 +286,9 @@ def _within_run(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, summ
         nn[idx] = np.where(res.nn >= 0, idx[np.maximum(res.nn, 0)], -1)
         nn_cos = np.full(n, np.nan, np.float32)
         nn_cos[idx] = res.nn_cos
-        st.col("sem_cluster", _nullable(cluster))
+        st.col("sem_cluster", nullable(cluster))
         st.col("sem_nn", [st.ids[o] if o >= 0 else None for o in nn])
-        st.col("sem_nn_cos", _nullable(nn_cos, np.nan))
+        st.col("sem_nn_cos", nullable(nn_cos, np.nan))
         for k in np.flatnonzero(drop):
             st.reject(int(k), "semantic_duplicate", "semantic_dedup")
             dup_of[k] = st.ids[of[k]]
@@ -295,7 +298,7 @@ def _within_run(st: _State, cur: Any, emb: np.ndarray, sha: list, ph: list, summ
     summary["dedup"] = {"keep": d.keep, **info}
 
 
-def _enabled_stages(cur: Any) -> list[str]:
+def enabled_stages(cur: Any) -> list[str]:
     d = cur.dedup
     on = {"prior_dedup": bool(cur.prior_datasets), "reference": bool(cur.references),
           "safety": cur.safety.mode == "filter", "clip_score": cur.min_clip_score is not None,
@@ -304,85 +307,90 @@ def _enabled_stages(cur: Any) -> list[str]:
     return [s for s in STAGES if on[s]]
 
 
-def _stage_counts(st: _State, cur: Any, audits: dict[str, list] | None) -> list[dict[str, Any]]:
+def stage_counts(cur: Any, n: int, alive: dict[str, int], audits: dict[str, list] | None) -> list[dict[str, Any]]:
     """Survivors after each enabled stage (cumulative), with the bias audit of those survivors."""
-    out = [{"stage": "generated", "remaining": st.n, "removed": 0}]
-    prev = st.n
-    for s in _enabled_stages(cur):
-        left = int(st.alive(s).sum())
-        out.append({"stage": s, "remaining": left, "removed": prev - left})
-        prev = left
+    out = [{"stage": "generated", "remaining": n, "removed": 0}]
+    prev = n
+    for s in enabled_stages(cur):
+        out.append({"stage": s, "remaining": alive[s], "removed": prev - alive[s]})
+        prev = alive[s]
     for entry in out if audits else []:
         entry["audit"] = audits[entry["stage"]]
     return out
 
 
-def _bias(st: _State, cur: Any, light: pa.Table, emb: np.ndarray, embedder: Any, logit_scale: float,
-          summary: dict) -> dict[str, list]:
+def rebalance_target(cur: Any, values: dict[str, list[str]]) -> np.ndarray:
+    rb = cur.rebalance
+    vals = values[rb.attribute]
+    return np.ones(len(vals)) if rb.target == "uniform" else np.array([rb.target.get(v, 0.0) for v in vals])
+
+
+def rebalance_info(cur: Any, values: dict[str, list[str]], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's rebalance entry from per-group records (sorted by group)."""
+    rb = cur.rebalance
+    vals = values[rb.attribute]
+    tgt = rebalance_target(cur, values)
+    for r in records:
+        r["unachievable"] = [vals[v] for v in r["unachievable"]]
+    return {"attribute": rb.attribute, "values": vals, "target": (tgt / tgt.sum()).tolist(), "groups": records}
+
+
+def bias_summary(cur: Any, values: dict[str, list[str]], logit_scale: float) -> dict[str, Any]:
     b = cur.bias
-    vocab = bias.vocabulary(embedder.text_embeddings, b.attributes)
-    probs = bias.zero_shot(emb, vocab, b.logit_scale or logit_scale)
-    labels = {a: p.argmax(axis=1) for a, p in probs.items()}
-    values = {a: v for a, (v, _) in vocab.items()}
-    attrs = [dict(m or []) for m in light.column("attributes").to_pylist()]
-    groups = bias.group_keys(attrs, b.group_by)
-    st.col("attr_probs", [[(f"{a}={v}", float(probs[a][k, i])) for a in probs for i, v in enumerate(values[a])]
-                          for k in range(st.n)])
-    st.col("attr_labels", [[(a, values[a][int(labels[a][k])]) for a in labels] for k in range(st.n)])
-    st.col("group", groups)
-    rb_info = None
-    if cur.rebalance is not None:
-        rb = cur.rebalance
-        vals = values[rb.attribute]
-        tgt = np.ones(len(vals)) if rb.target == "uniform" else np.array([rb.target.get(v, 0.0) for v in vals])
-        before = st.alive("semantic_dedup")
-        sel, records = bias.rebalance(labels[rb.attribute], len(vals), groups, before, tgt,
-                                      _policy_rank(st, rb.prefer))
-        for k in np.flatnonzero(before & ~sel):
-            st.reject(int(k), f"rebalance:{rb.attribute}", "rebalance")
-        for r in records:
-            r["unachievable"] = [vals[v] for v in r["unachievable"]]
-        rb_info = {"attribute": rb.attribute, "values": vals, "target": (tgt / tgt.sum()).tolist(),
-                   "groups": records}
-    audits = {"generated": bias.audit(labels, values, groups, np.ones(st.n, bool), b.bootstrap, b.confidence,
-                                      b.seed)}
-    for s in _enabled_stages(cur):
-        audits[s] = bias.audit(labels, values, groups, st.alive(s), b.bootstrap, b.confidence, b.seed)
-    summary["bias"] = {"attributes": values, "group_by": b.group_by, "confidence": b.confidence,
-                       "bootstrap": b.bootstrap, "logit_scale": b.logit_scale or logit_scale,
-                       "estimator": "argmax of zero-shot probabilities"}
-    if rb_info:
-        summary["rebalance"] = rb_info
-    return audits
+    return {"attributes": values, "group_by": b.group_by, "confidence": b.confidence, "bootstrap": b.bootstrap,
+            "logit_scale": b.logit_scale or logit_scale, "estimator": "argmax of zero-shot probabilities"}
 
 
-def _table(light: pa.Table, st: _State, screened: list[dict[str, Any]], summary: dict) -> pa.Table:
+def generated_table(st: State, prompt_ids: list[str], sha: list, ph: list) -> pa.Table:
+    """Decision rows of the generated samples of ``st`` (no summary)."""
     kept = [not r for r in st.reasons]
     stage = [None if st.first_stage[k] >= len(STAGES) else STAGES[st.first_stage[k]] for k in range(st.n)]
     data: dict[str, Any] = {
-        "sample_id": st.ids, "prompt_id": light.column("prompt_id").to_pylist(), "kept": kept,
-        "reasons": st.reasons, "flags": st.flags, "stage": stage, "clip_score": st.clip.astype(np.float32),
-        "pixel_sha256": light.column("pixel_sha256").to_pylist(),
-        "phash": light.column("phash").to_pylist() if "phash" in light.column_names else [None] * st.n,
+        "sample_id": st.ids, "prompt_id": prompt_ids, "kept": kept, "reasons": st.reasons, "flags": st.flags,
+        "stage": stage, "clip_score": st.clip.astype(np.float32), "pixel_sha256": sha, "phash": ph,
     }
     for f in DECISIONS_SCHEMA:
         data.setdefault(f.name, st.cols.get(f.name, [None] * st.n))
-    generated = pa.table({f.name: pa.array(data[f.name], f.type) for f in DECISIONS_SCHEMA}, schema=DECISIONS_SCHEMA)
+    return pa.table({f.name: pa.array(data[f.name], f.type) for f in DECISIONS_SCHEMA}, schema=DECISIONS_SCHEMA)
+
+
+def screened_table(screened: list[dict[str, Any]]) -> pa.Table:
     rows = [{"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "kept": False, "reasons": r["reasons"],
              "flags": [], "stage": "prompt_screen"} for r in screened]
-    table = pa.concat_tables([generated, pa.Table.from_pylist(rows, schema=DECISIONS_SCHEMA)])
-    reasons: dict[str, int] = {}
-    for rs in table.column("reasons").to_pylist():
-        for r in rs or []:
-            reasons[r] = reasons.get(r, 0) + 1
-    flags: dict[str, int] = {}
-    for fs in st.flags:
-        for f in fs:
-            flags[f] = flags.get(f, 0) + 1
-    summary["counts"] = {"planned": table.num_rows, "screened": len(screened), "generated": st.n,
-                         "kept": int(sum(kept)), "flagged_kept": sum(1 for k in range(st.n) if kept[k] and st.flags[k])}
-    summary["reasons"] = dict(sorted(reasons.items()))
-    summary["flags"] = dict(sorted(flags.items()))
+    return pa.Table.from_pylist(rows, schema=DECISIONS_SCHEMA)
+
+
+def failed_table(failed: list[dict[str, Any]]) -> pa.Table:
+    """Samples whose generation raised: never curated (no image), recorded with their error."""
+    return pa.Table.from_pylist([{"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "kept": False,
+                                  "reasons": [f"generation_failed: {r['error']}"]} for r in failed],
+                                schema=DECISIONS_SCHEMA)
+
+
+def tally(reasons: list[list[str] | None], flags: list[list[str]], kept: list[bool]) -> dict[str, Any]:
+    """Counts that add up over partitions: reasons (all rows given), flags and kept (generated rows)."""
+    r: dict[str, int] = {}
+    for rs in reasons:
+        for x in rs or []:
+            r[x] = r.get(x, 0) + 1
+    f: dict[str, int] = {}
+    for fs in flags:
+        for x in fs:
+            f[x] = f.get(x, 0) + 1
+    return {"reasons": r, "flags": f, "kept": int(sum(kept)),
+            "flagged_kept": sum(1 for k, fs in zip(kept, flags) if k and fs)}
+
+
+def finish_summary(summary: dict[str, Any], t: dict[str, Any], screened: int, generated: int) -> None:
+    for c in (summary.get("safety") or {}).get("concepts", []):
+        c.pop("sum", None)
+    summary["counts"] = {"planned": generated + screened, "screened": screened, "generated": generated,
+                         "kept": t["kept"], "flagged_kept": t["flagged_kept"]}
+    summary["reasons"] = dict(sorted(t["reasons"].items()))
+    summary["flags"] = dict(sorted(t["flags"].items()))
+
+
+def with_summary(table: pa.Table, summary: dict[str, Any]) -> pa.Table:
     meta = {SUMMARY_KEY.encode(): json.dumps(summary, sort_keys=True, default=_jsonable).encode()}
     return table.replace_schema_metadata(meta)
 

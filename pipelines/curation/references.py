@@ -4,7 +4,7 @@ An external set is loaded once into memory as ids + (optional) pixel hashes, pHa
 normalised CLIP image embeddings; matching is by the same tests as within-run dedup:
 
 - earlier datasets (``curation.prior_datasets``): a synthgen dataset root (``index.json`` is
-  required, so a half-written dataset is never used); hashes from its ``decisions.parquet`` (kept
+  required, so a half-written dataset is never used); hashes from its decisions (kept
   rows), embeddings from ``embeddings/*.parquet``;
 - reference sets (``curation.references``): a folder of images (embedded here with the job's CLIP:
   one pass over the *reference* images, never over generated ones), embeddings in Parquet
@@ -25,7 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.contracts.decisions import DECISIONS, read_table
 from pipelines.curation.dedup.hashes import perceptual_hash, phash_codes
+from pipelines.curation.rowwise import faiss_rowwise
 from pipelines.errors import SpecError
 from pipelines.io.store import url_to_fs
 
@@ -78,9 +80,8 @@ def load_dataset(url: str, storage_options: dict[str, Any] | None = None, name: 
                 emb_rows.update(zip(t.column("sample_id").to_pylist(), t.column("image_emb").to_pylist()))
     sha: dict[str, str | None] = {}
     ph: dict[str, str | None] = {}
-    dec_path = posixpath.join(root, "decisions.parquet")
-    if fs.exists(dec_path):
-        dec = _read_table(fs, dec_path)
+    dec = read_table(fs, root, index, DECISIONS, ["sample_id", "kept", "pixel_sha256", "phash"])
+    if dec is not None:
         cols = dec.column_names
         for r in dec.to_pylist():
             if r.get("kept"):
@@ -169,7 +170,8 @@ def top1_cosine(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndar
                         "(the reference set was embedded with another CLIP model)")
     index = faiss.IndexFlatIP(ref.shape[1])
     index.add(np.ascontiguousarray(ref, np.float32))
-    sim, idx = index.search(np.ascontiguousarray(query, np.float32), 1)
+    with faiss_rowwise():
+        sim, idx = index.search(np.ascontiguousarray(query, np.float32), 1)
     return sim[:, 0].astype(np.float32), idx[:, 0].astype(np.int64)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.config import SafetyClassifierSpec, SafetySpec
+from pipelines.curation.rowwise import rowdot
 
 TextEmbed = Callable[[Sequence[str]], np.ndarray]
 
@@ -51,7 +52,7 @@ class Classifier:
     threshold: float
 
     def scores(self, emb: np.ndarray) -> dict[str, np.ndarray]:
-        logits = emb.astype(np.float32) @ self.weight.T + self.bias
+        logits = rowdot(emb.astype(np.float32), self.weight) + self.bias
         prob = 1.0 / (1.0 + np.exp(-logits))
         return {f"clf:{n}": prob[:, k].astype(np.float32) for k, n in enumerate(self.names)}
 
@@ -92,10 +93,10 @@ def concept_scores(img_emb: np.ndarray, spec: SafetySpec, embed_text: TextEmbed,
         pos = prompt_embedding(embed_text, c.prompts)
         if c.negatives:
             neg = _norm(embed_text(list(c.negatives)))
-            logits = scale * (img @ np.vstack([pos[None], neg]).T)
+            logits = scale * rowdot(img, np.vstack([pos[None], neg]))
             scores[c.name] = softmax(logits)[:, 0].astype(np.float32)
         else:
-            scores[c.name] = (img @ pos).astype(np.float32)
+            scores[c.name] = rowdot(img, pos[None])[:, 0].astype(np.float32)
         thresholds[c.name] = float(c.threshold)
     if spec.classifier is not None:
         clf = load_classifier(spec.classifier)

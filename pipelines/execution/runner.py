@@ -15,9 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-
-from pipelines.curation import curate
 
 from pipelines.plan import manifest
 
@@ -29,7 +26,7 @@ from pipelines.errors import SpecError
 from pipelines.io.lease import Lease
 from pipelines.publish.provenance import weights_sha256
 from pipelines.publish.job import publish_dataset
-from pipelines.contracts.unit import LIGHT_COLUMNS, Staging
+from pipelines.contracts.unit import Staging
 from pipelines.io.store import Store
 
 Log = Callable[..., None]
@@ -97,7 +94,6 @@ def check_models(spec: JobSpec) -> None:
     remember_resolved(ClipSpec.model_validate(spec.published_dump()["clip"]), spec.clip)
 
 
-
 def prepare(spec: JobSpec) -> Prepared:
     """Validate and plan; writes nothing (bad input fails here, before any output exists)."""
     check_models(spec)
@@ -136,6 +132,7 @@ def run(spec: JobSpec, *, overwrite: bool = False, quiet: bool = False, log: Log
 
         ensure_ray(spec.resources.ray_num_cpus, quiet=True)
         check_pools_fit(spec.resources)
+    check_output_shared(spec, quiet)  # before anything is written
     store = spec.output.store()
     with Lease(store, stale_after_s=spec.output.lease_stale_after_s, heartbeat_s=spec.output.lease_stale_after_s / 6,
                wait_s=spec.output.lease_wait_s, log=log):  # installs store.guard: writes refuse once the lease is lost
@@ -190,31 +187,33 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
     ips = n_generated / times["generate+embed+stage (wall)"] if pending else 0.0
 
     t = time.perf_counter()
-    light = pa.concat_tables([staging.read_unit(u.unit_id, LIGHT_COLUMNS) for u in prep.units]) if prep.units \
-        else pa.table({c: [] for c in LIGHT_COLUMNS})
-    failed_mask = pc.is_valid(light.column("error"))
-    failed = light.filter(failed_mask)
-    decisions = curate.decide(light.filter(pc.invert(failed_mask)), spec, prep.screened)
-    if failed.num_rows:  # never curated: they have no image; recorded with their error
-        decisions = pa.concat_tables([decisions, pa.Table.from_pylist([
-            {"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "kept": False,
-             "reasons": [f"generation_failed: {r['error']}"]} for r in failed.to_pylist()], schema=decisions.schema)])
+    from pipelines.execution.curate_plan import Where, choose_executor, curate_units
+    from pipelines.execution.publish_plan import write_shards
+    from pipelines.publish.job import clear_outputs, job_of, labeller
+
+    clear_outputs(store)  # no index exists: whatever is under the dataset's prefixes is not a dataset
+    unit_ids = [u.unit_id for u in prep.units]
+    ex = choose_executor(sum(u.n for u in prep.units), None, spec.resources.ray_num_cpus)
+    curated = curate_units(spec, unit_ids, staging, prep.screened, executor=ex)  # workers write the decisions
     times["curate"] = time.perf_counter() - t
-    n_kept = int(pc.sum(decisions.column("kept")).as_py() or 0)
-    log("curated", kept=n_kept, rejected=decisions.num_rows - n_kept)
+    n_failed = sum(v for k, v in curated.rejections.items() if k.startswith("generation_failed"))
+    log("curated", kept=curated.kept, rejected=len(prep.samples) - curated.kept)
     log("publishing", what="shards, decisions, provenance, card, report, index")
 
     t = time.perf_counter()
-    counts = publish_dataset(store, prep, staging, decisions, stage_seconds={**times, **{
-        f"{k} (actor busy)": v for k, v in busy.items()}}, started=t_start, quiet=quiet)
+    shards, gen_info, clip_info = write_shards(spec, curated, Where(spec.output.model_dump(), prep.fingerprint),
+                                               job_of(prep), unit_ids[-1] if unit_ids else None, labeller(prep))
+    counts = publish_dataset(store, prep, curated, shards, gen_info, clip_info, stage_seconds={**times, **{
+        f"{k} (actor busy)": v for k, v in busy.items()}}, started=t_start)
     times["publish"] = time.perf_counter() - t
     if not spec.output.keep_staging:
         staging.clear()
     log("published", url=spec.output.url, **counts)
-    if failed.num_rows:
-        log("failed_samples", count=failed.num_rows, first=failed.column("error")[0].as_py())
+    if n_failed:
+        log("failed_samples", count=n_failed,
+            first=next(k for k in sorted(curated.rejections) if k.startswith("generation_failed")))
     return RunResult(spec.output.url, prep.dataset_fingerprint, counts, {**times, **{f"{k} (actor busy)": v for k, v in
-                     busy.items()}}, ips, len(pending), len(prep.units) - len(pending), failed=failed.num_rows)
+                     busy.items()}}, ips, len(pending), len(prep.units) - len(pending), failed=n_failed)
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -225,6 +224,27 @@ def _parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
+
+
+def check_output_shared(spec: JobSpec, quiet: bool = False) -> None:
+    """Workers on every node write the output; a local path on a multi-node cluster would scatter the
+    dataset over each node's own disk, so it is refused (exit 2) unless the cluster has one node."""
+    url = spec.output.url
+    if ("://" in url and not url.startswith("file://")) or not (os.environ.get("RAY_ADDRESS") or _ray_up()):
+        return  # an object store, or the one-machine cluster this process starts itself
+    import ray
+
+    ensure_ray(spec.resources.ray_num_cpus, quiet=quiet)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        raise SpecError(f"field 'output.url': {url!r} is a local path, but the Ray cluster has {len(nodes)} nodes "
+                        "and each would write to its own disk; use a shared store URL (s3://, gs://, ...)")
+
+
+def _ray_up() -> bool:
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def ensure_ray(num_cpus: int | None = None, quiet: bool = False) -> None:

@@ -1,68 +1,56 @@
-"""Publish a job's staged units: shards, decisions, timings, provenance, card, then the index."""
+"""Publish a job: the metadata around the shards and decisions the workers wrote, then the index."""
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-from tqdm import tqdm
-
-from pipelines.publish import provenance
-from pipelines.publish.card import render_card
-from pipelines.curation.curate import summary_of
-from pipelines.publish.shards import ShardWriter, write_index, write_json, write_parquet
-from pipelines.contracts.record import build_record
-from pipelines.contracts.unit import Staging, meta
+from pipelines.contracts.decisions import DECISIONS, DECISIONS_SCHEMA, TIMINGS, parts
 from pipelines.io.store import Store
+from pipelines.publish import croissant, provenance
+from pipelines.publish.card import render_card
+from pipelines.publish.label import Labeller
+from pipelines.publish.shards import write_index, write_json, write_parquet
 
 if TYPE_CHECKING:
+    from pipelines.execution.curate_plan import Curated
     from pipelines.execution.runner import Prepared
 
 
-def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions: pa.Table,
-                    stage_seconds: dict[str, float], started: float, quiet: bool = False) -> dict[str, int]:
-    spec = prep.spec
-    job = {"name": spec.name, "fingerprint": prep.dataset_fingerprint}
-    # No index exists at this point, so whatever is under shards/ is not a dataset: start clean.
-    store.delete_prefix("shards")
-    store.delete_prefix("embeddings")
-    by_id = {d["sample_id"]: d for d in decisions.to_pylist()}
-    writer = ShardWriter(store, spec.name, list(spec.output.formats), spec.output.shard_max_samples,
-                         spec.output.shard_max_bytes)
-    timings: list[dict[str, Any]] = []
-    gen_info = clip_info = None
-    for unit in tqdm(prep.units, desc="publish", unit="unit", disable=quiet):
-        table = staging.read_unit(unit.unit_id)
-        gen_info, clip_info = meta(table, "synthgen.generator"), meta(table, "synthgen.clip")
-        for row in table.to_pylist():
-            timings.append({"sample_id": row["sample_id"], "unit_id": unit.unit_id, "gen_ms": row["gen_ms"],
-                            "clip_ms": row["clip_ms"], "gen_worker": row["gen_worker"]})
-            d = by_id[row["sample_id"]]
-            if not d["kept"]:
-                continue
-            rec = build_record(row, gen_info, clip_info, job, unit.unit_id, writer.embedding_ref(),
-                               {"kept": True, "reasons": d["reasons"], "flags": d.get("flags") or []})
-            writer.add(row["sample_id"], row["png"], row["prompt"], rec, row["image_emb"], row["text_emb"])
-    writer.flush()
+OUTPUT_PREFIXES = ("shards", "embeddings", DECISIONS, TIMINGS)
 
-    kept = sum(1 for d in by_id.values() if d["kept"])
-    reasons = Counter(r for d in by_id.values() for r in d["reasons"] if not d["kept"])
+
+def clear_outputs(store: Store) -> None:
+    """No index exists at this point, so whatever is under the dataset's prefixes is not a dataset: start
+    clean (a decisions or timings file of an older layout included)."""
+    for prefix in OUTPUT_PREFIXES:
+        store.delete_prefix(prefix)  # a folder of parts, or one file of that name
+
+
+def publish_dataset(store: Store, prep: "Prepared", curated: "Curated", shards: list[dict[str, Any]],
+                    gen_info: dict[str, Any] | None, clip_info: dict[str, Any] | None,
+                    stage_seconds: dict[str, float], started: float) -> dict[str, int]:
+    """Everything but the shards (written by workers, their index entries in ``shards``), index last."""
+    spec = prep.spec
+    job = job_of(prep)
+    label = labeller(prep)
+    kept = curated.kept
+    reasons = curated.rejections
     counts = {"planned": len(prep.samples), "kept": kept, "rejected": len(prep.samples) - kept,
-              "shards": len(writer.shards), "prompts": prep.manifest.num_rows}
+              "shards": len(shards), "prompts": prep.manifest.num_rows}
     files = {
         "manifest.parquet": write_parquet(store, "manifest.parquet", prep.manifest),
-        "decisions.parquet": write_parquet(store, "decisions.parquet", decisions.replace_schema_metadata(None)),
-        "timings.parquet": write_parquet(store, "timings.parquet", pa.Table.from_pylist(timings)),
+        **curated.files,
     }
-    curation = summary_of(decisions)  # per-stage counts, dedup, references, safety, bias audits
+    curation = curated.summary  # per-stage counts, dedup, references, safety, bias audits
     if curation is not None:
         files["curation.json"] = write_json(store, "curation.json", curation)
     job_spec = spec.published_dump()  # model and file paths as the job spec wrote them, not as resolved here
     job_spec["output"]["storage_options"] = provenance.redact(spec.output.storage_options)
     if job_spec["manifest"].get("storage_options"):
         job_spec["manifest"]["storage_options"] = provenance.redact(job_spec["manifest"]["storage_options"])
+    job_spec["provenance"]["c2pa"].pop("key", None)  # where the signing key lives is not recorded
     files["provenance.json"] = write_json(store, "provenance.json", {
         "job": job, "job_spec": job_spec, "code_version": provenance.code_version(),
         "manifest": {"sha256_content": prep.manifest_hash, "source": spec.as_written("manifest.path") or "template",
@@ -71,7 +59,7 @@ def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions:
             "generator": {**(gen_info or {}), "files": dict(provenance.weight_files(spec.generator.model))},
             "clip": {**(clip_info or {}), "files": dict(provenance.weight_files(spec.clip.pretrained or ""))},
         },
-        "libraries": provenance.library_versions(), "host": provenance.host(),
+        "libraries": provenance.library_versions(), "host": provenance.host(), "labels": label.describe(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stage_seconds": stage_seconds, "counts": counts, "rejections": dict(reasons),
@@ -80,9 +68,23 @@ def publish_dataset(store: Store, prep: "Prepared", staging: Staging, decisions:
                        clip=clip_info or {}, code_version=provenance.code_version(), url=store.url.rstrip("/"),
                        reasons=sorted(reasons.items()))
     store.write_bytes("README.md", card.encode())
-    files["README.md"] = {"sha256": __import__("hashlib").sha256(card.encode()).hexdigest(), "bytes": len(card)}
+    files["README.md"] = {"sha256": hashlib.sha256(card.encode()).hexdigest(), "bytes": len(card)}
     from pipelines.report.build import publish_report  # audit report of what is published so far, before the index
 
-    files.update(publish_report(store, {"job": job, "counts": counts, "shards": writer.shards, "files": files}))
-    write_index(store, job=job, shards=writer.shards, files=files, counts=counts)
+    files.update(publish_report(store, {"job": job, "counts": counts, "shards": shards, "files": files}))
+    # croissant still describes decisions as one file: give it a digest of the parts' digests
+    dec = hashlib.sha256("".join(files[k]["sha256"] for k in parts({"files": files}, DECISIONS)).encode())
+    files[croissant.CROISSANT] = croissant.publish(store, spec, prep.dataset_fingerprint, counts, gen_info or {},
+                                                   clip_info or {}, DECISIONS_SCHEMA.empty_table(),
+                                                   {**files, DECISIONS: {"sha256": dec.hexdigest()}}, curation, label)
+    write_index(store, job=job, shards=shards, files=files, counts=counts)
     return counts
+
+
+def labeller(prep: "Prepared") -> Labeller:
+    """Marks every published image where its shard is written (pickles to the shard tasks)."""
+    return Labeller.for_job(prep.spec, prep.dataset_fingerprint)
+
+
+def job_of(prep: "Prepared") -> dict[str, str]:
+    return {"name": prep.spec.name, "fingerprint": prep.dataset_fingerprint}

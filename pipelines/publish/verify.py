@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipelines.contracts.decisions import DECISIONS, TIMINGS
 from pipelines.publish.shards import INDEX
 from pipelines.io.store import Store
 
@@ -44,7 +45,7 @@ def verify(url: str, storage_options: dict[str, Any] | None = None) -> tuple[lis
             _check_hash(url, key, data, meta, problems)
     if total != index.get("counts", {}).get("kept"):
         problems.append(f"{url}/{INDEX}: shards hold {total} samples, counts.kept is {index['counts'].get('kept')}")
-    for key in store.list("shards") + store.list("embeddings"):
+    for key in [k for prefix in ("shards", "embeddings", DECISIONS, TIMINGS) for k in store.list(prefix)]:
         if key not in listed:
             problems.append(f"{url}/{key}: not in the index (stray file)")
     return problems, index

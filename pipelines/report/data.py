@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.contracts.decisions import DECISIONS, TIMINGS, parts
 from pipelines.report.settings import ReportError
 from pipelines.io.store import Store
 
@@ -60,6 +61,12 @@ def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pa
     pf = pq.ParquetFile(io.BytesIO(store.read_bytes(key)))
     cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
     return pf.read(columns=cols)
+
+
+def read_parts(store: Store, index: dict[str, Any], name: str, columns: list[str] | None = None) -> pa.Table | None:
+    """A per-sample table the workers wrote as parts (``decisions.parquet/part-*``), or an older single file."""
+    tables = [t for t in (read_parquet(store, k, columns) for k in parts(index, name)) if t is not None]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 def emb_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -208,8 +215,8 @@ def load_dataset(store: Store, index: dict[str, Any] | None = None) -> Dataset:
         s.img_emb = np.concatenate(embs_i)
         if embs_t and sum(len(e) for e in embs_t) == len(s.ids):
             s.txt_emb = np.concatenate(embs_t)
-    return Dataset(store, index, provenance, shards, s, read_parquet(store, "decisions.parquet"),
-                   read_parquet(store, "timings.parquet"), read_parquet(store, "manifest.parquet"),
+    return Dataset(store, index, provenance, shards, s, read_parts(store, index, DECISIONS),
+                   read_parts(store, index, TIMINGS), read_parquet(store, "manifest.parquet"),
                    read_json(store, "curation.json"), group_attrs)
 
 

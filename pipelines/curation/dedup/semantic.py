@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.curation.dedup.hashes import Pairs, unique_pairs
+from pipelines.curation.rowwise import faiss_rowwise, rowdot
 from pipelines.execution.fanout import balanced_map, cluster_ready
 
 
@@ -66,12 +67,36 @@ def _top2(x: np.ndarray, centroids: np.ndarray, k: int = 2) -> tuple[np.ndarray,
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, np.float32))
-    sim, lab = index.search(np.ascontiguousarray(x, np.float32), min(k, len(centroids)))
+    with faiss_rowwise():
+        sim, lab = index.search(np.ascontiguousarray(x, np.float32), min(k, len(centroids)))
     pad = k - lab.shape[1]
     if pad:
         lab = np.c_[lab, np.full((len(x), pad), -1)]
         sim = np.c_[sim, np.full((len(x), pad), -np.inf)]
     return lab.astype(np.int64), sim
+
+
+def train_rows(n: int, k: int, seed: int) -> np.ndarray:
+    """Rows k-means trains on: all, or a deterministic subsample of 64 points per centroid."""
+    if n <= 64 * k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, 64 * k, replace=False))
+
+
+def kmeans_fit(train: np.ndarray, k: int, seed: int, niter: int = 10, dim: int = 64
+               ) -> tuple[np.ndarray | None, np.ndarray]:
+    """(projection or None, centroids) from the training rows (see ``kmeans_assign``)."""
+    if train.shape[1] > dim:
+        fit = train[: min(len(train), 20000)].astype(np.float64)
+        _, _, vt = np.linalg.svd(fit - fit.mean(0), full_matrices=False)
+        proj = np.ascontiguousarray(vt[:dim].T, np.float32)
+        return proj, _kmeans(train @ proj, k, seed, niter)
+    return None, _kmeans(train, k, seed, niter)
+
+
+def kmeans_top2(emb: np.ndarray, proj: np.ndarray | None, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two nearest centroids of rows (any subset of rows: assignment is per row)."""
+    return _top2(np.ascontiguousarray(rowdot(emb, proj.T)) if proj is not None else emb, centroids)
 
 
 def kmeans_assign(emb: np.ndarray, k: int, seed: int, niter: int = 10, dim: int = 64
@@ -82,15 +107,8 @@ def kmeans_assign(emb: np.ndarray, k: int, seed: int, niter: int = 10, dim: int 
     which makes training and assignment ~d/dim times cheaper; the projection is linear and
     contracting, so near-duplicates stay together and the spill margin stays valid. faiss
     k-means trains on a deterministic subsample (64 points per centroid); assignment is exact."""
-    n, d = emb.shape
-    rng = np.random.default_rng(seed)
-    train = emb if n <= 64 * k else emb[np.sort(rng.choice(n, 64 * k, replace=False))]
-    if d > dim:
-        fit = train[: min(len(train), 20000)].astype(np.float64)
-        _, _, vt = np.linalg.svd(fit - fit.mean(0), full_matrices=False)
-        proj = np.ascontiguousarray(vt[:dim].T, np.float32)
-        return _top2(np.ascontiguousarray(emb @ proj), _kmeans(train @ proj, k, seed, niter))
-    return _top2(emb, _kmeans(train, k, seed, niter))
+    proj, centroids = kmeans_fit(emb[train_rows(len(emb), k, seed)], k, seed, niter, dim)
+    return kmeans_top2(emb, proj, centroids)
 
 
 @dataclass

@@ -9,11 +9,12 @@ import torch
 
 from pipelines.config import GeneratorSpec
 from pipelines.generate.backends import SampleInputError
-from pipelines.plan.samples import Sample
 from pipelines.publish.provenance import weights_sha256
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typing only: the generation stage imports without pyarrow (GPU benchmark hosts)
     from PIL import Image
+
+    from pipelines.plan.samples import Sample
 
     from pipelines.generate.backends import SampleInputs
 
