@@ -196,6 +196,7 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
     ex = choose_executor(sum(u.n for u in prep.units), None, spec.resources.ray_num_cpus)
     curated = curate_units(spec, unit_ids, staging, prep.screened, executor=ex)  # workers write the decisions
     times["curate"] = time.perf_counter() - t
+    store.check_writable()  # and between stages: a run that lost its lease publishes nothing
     n_failed = sum(v for k, v in curated.rejections.items() if k.startswith("generation_failed"))
     log("curated", kept=curated.kept, rejected=len(prep.samples) - curated.kept)
     log("publishing", what="shards, decisions, provenance, card, report, index")
