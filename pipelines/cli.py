@@ -83,10 +83,12 @@ def _load(job: Path, out: Optional[str] = None, manifest: Optional[str] = None):
 @app.command()
 def validate(job: Path = typer.Argument(..., help="Job spec YAML.")) -> None:
     """Check a job spec and its manifest; run nothing, write nothing."""
+    from pipelines.execution.resources import check_pools_fit_here
     from pipelines.execution.runner import prepare
 
     try:
         prep = prepare(_load(job))
+        check_pools_fit_here(prep.spec.resources)
     except SynthgenError as e:
         _fail(e)
     typer.echo(f"ok: {job}: {prep.manifest.num_rows} prompts, {len(prep.samples)} samples, "

@@ -78,6 +78,8 @@ def test_a_pool_no_node_can_host_fails_in_seconds_naming_the_resource(tmp_path, 
     spec = _small_job(tmp_path, tiny_models, resources={"generate": {"size": 1, "num_cpus": 0.5, "num_gpus": 1},
                                                         "actor_start_timeout_s": 120})
     job = write_job(tmp_path / "job.yaml", spec)
+    res = CliRunner().invoke(app, ["validate", str(job)])  # the local cluster a run would start here
+    assert res.exit_code == 2 and "resources.generate.num_gpus=1 but the cluster has 0 GPU" in res.output, res.output
     t0 = time.monotonic()
     res = CliRunner().invoke(app, ["run", str(job)])
     assert res.exit_code == 2, res.output

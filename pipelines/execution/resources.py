@@ -64,6 +64,19 @@ def problems(resources: ResourcesSpec, nodes: list[dict[str, float]]) -> list[st
     return out
 
 
+def check_pools_fit_here(resources: ResourcesSpec) -> None:
+    """``synthgen validate``, without starting Ray: the local cluster a run would start on this machine
+    (``ray_num_cpus`` or every CPU, the GPUs torch sees). Skipped for a cluster (``RAY_ADDRESS``)."""
+    if os.environ.get("RAY_ADDRESS") or resources.autoscaler:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = problems(resources, [{"CPU": float(resources.ray_num_cpus or os.cpu_count() or 1), "GPU": float(gpus)}])
+    if found:
+        raise SpecError("; ".join(found))
+
+
 def check_pools_fit(resources: ResourcesSpec) -> None:
     """Raise ``SpecError`` (exit 2) when the connected cluster can never start the pools."""
     import ray
