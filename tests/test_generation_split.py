@@ -145,3 +145,33 @@ def test_rerun_regenerates_a_failed_sample(tiny_models: Path, ray_cluster, tmp_p
     assert (second.units_reused, second.units_generated) == (1, 1)  # only the unit with the hole
     dec = pq.read_table(out / "decisions.parquet").to_pylist()
     assert all(d["kept"] for d in dec)
+
+
+class LosesDeviceOnce(DiffusionBackend):
+    """The real tiny backend whose first call of a 'devlost*' prompt raises what a dead GPU raises
+    (a marker file makes it happen once across all actor processes)."""
+
+    def generate(self, samples, inputs=None):
+        import tempfile
+
+        marker = Path(tempfile.gettempdir()) / f"synthgen-{samples[0].prompt_id}.lost"
+        if samples[0].prompt_id.startswith("devlost") and not marker.exists():
+            marker.write_text("lost")
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+        return super().generate(samples, inputs)
+
+
+def test_a_lost_device_restarts_the_actor_and_redoes_the_unit(tiny_models: Path, ray_cluster, tmp_path: Path) -> None:
+    import tempfile
+    import uuid
+
+    from pipelines.execution.runner import run
+
+    pid = f"devlost{uuid.uuid4().hex[:8]}"
+    m = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"prompt_id": [pid], "prompt": ["a red circle"], "seed": [1], "num_images": [4]}), m)
+    spec = job_dict(tiny_models, str(tmp_path / "ds"), manifest={"path": str(m)}, unit_size=2,
+                    generator={"steps": 2, "backend": f"{__name__}:LosesDeviceOnce"})
+    res = run(JobSpec.model_validate(spec), quiet=True)
+    assert (Path(tempfile.gettempdir()) / f"synthgen-{pid}.lost").exists()  # the device was lost once
+    assert res.failed == 0 and res.counts["kept"] == 4  # ... and its unit redone on a restarted actor
