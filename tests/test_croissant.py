@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import JobSpec
 from pipelines.execution.runner import run
+from pipelines.generate.encode import COMPOSITE_SOURCE_TYPE, DIGITAL_SOURCE_TYPE, digital_source_type
 from pipelines.publish import c2pa, croissant
 
 from .conftest import job_dict
@@ -24,10 +26,19 @@ from .conftest import job_dict
 
 @pytest.fixture(scope="module")
 def published(tiny_models, ray_cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("croissant") / "ds"
-    spec = job_dict(tiny_models, str(out),
-                    manifest={"template": {"template": "a {colour} {shape}", "slots": {"colour": ["red", "blue"],
-                                           "shape": ["circle"]}, "seeds": [3], "num_images": 2}},
+    """Two prompts: text to image, and img2img from a toy-world render (a composite with an ingredient)."""
+    from PIL import Image
+
+    from pipelines.toyworld import world
+
+    tmp = tmp_path_factory.mktemp("croissant")
+    init = tmp / "init.png"
+    Image.fromarray(world.render(world.sample_attributes(np.random.default_rng(0), domain="shapes"), 1)).save(init)
+    manifest = tmp / "m.parquet"
+    pq.write_table(pa.table({"prompt_id": ["plain", "edit"], "prompt": ["a red circle", "a blue circle"],
+                             "seed": [3, 4], "num_images": [2, 2], "init_image": [None, str(init)]}), manifest)
+    out = tmp / "ds"
+    spec = job_dict(tiny_models, str(out), manifest={"path": str(manifest)},
                     curation={"bias": {"attributes": {"colour": {"red": "a red shape", "blue": "a blue shape"}},
                                        "bootstrap": 20}})
     res = run(JobSpec.model_validate(spec), quiet=True)
@@ -93,8 +104,13 @@ def test_published_pngs_carry_valid_manifests_matching_their_records(published):
             assert got["manifest"]["label"] == rec["ai_generated"]["c2pa"]["manifest"]
             sample = c2pa.assertion(got["manifest"], "org.synthgen.sample")
             assert sample["sample_id"] == rec["sample_id"] and sample["fingerprint"] == res.fingerprint
-            params = c2pa.actions(got["manifest"])[0]["parameters"]
-            assert params["weights_sha256"] == rec["generator"]["weights_sha256"]
+            (action,) = c2pa.actions(got["manifest"])
+            assert action["parameters"]["weights_sha256"] == rec["generator"]["weights_sha256"]
+            edit = rec["prompt_id"] == "edit"  # img2img: a composite, its input named as an ingredient
+            assert action["digitalSourceType"] == rec["ai_generated"]["digital_source_type"] == digital_source_type(
+                png) == (COMPOSITE_SOURCE_TYPE if edit else DIGITAL_SOURCE_TYPE)
+            assert [i["title"] for i in got["manifest"].get("ingredients", [])] == (["init_image: init.png"] if edit
+                                                                                    else [])
             assert rec["ai_generated"]["watermark"]["payload"] is None  # 32 px: below the watermark's minimum
             seen += 1
     assert seen == 4

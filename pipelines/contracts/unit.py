@@ -34,6 +34,11 @@ GEN_SCHEMA = pa.schema(
         ("height", pa.int64()),
         ("width", pa.int64()),
         ("attributes", pa.map_(pa.string(), pa.string())),
+        # input image URIs (img2img, inpainting, outpainting, style): publish labels such images as
+        # composites and names the inputs as C2PA ingredients
+        ("init_image", pa.string()),
+        ("mask_image", pa.string()),
+        ("style_image", pa.string()),
         ("png", pa.binary()),
         ("pixel_sha256", pa.string()),
         ("phash", pa.string()),  # 64-bit perceptual hash (imagehash.phash) as 16 hex digits
@@ -43,7 +48,8 @@ GEN_SCHEMA = pa.schema(
     ]
 )
 _SAMPLE_FIELDS = [f for f in GEN_SCHEMA if f.name in ("sample_id", "prompt_id", "index", "prompt", "negative_prompt",
-                                                   "seed", "steps", "guidance_scale", "height", "width", "attributes")]
+                                                   "seed", "steps", "guidance_scale", "height", "width", "attributes",
+                                                   "init_image", "mask_image", "style_image")]
 #: What the generator actor returns: raw uint8 pixels (row-major HxWxC bytes) and their shape.
 PIXEL_SCHEMA = pa.schema(
     _SAMPLE_FIELDS
@@ -69,7 +75,8 @@ EMBED_FIELDS = [
     ("clip_ms", pa.float64()),
 ]
 #: Columns curation reads: everything but the image bytes.
-LIGHT_COLUMNS = [f.name for f in GEN_SCHEMA if f.name != "png"] + [n for n, _ in EMBED_FIELDS]
+LIGHT_COLUMNS = [f.name for f in GEN_SCHEMA if f.name not in ("png", "init_image", "mask_image", "style_image")] + [
+    n for n, _ in EMBED_FIELDS]
 
 
 def pixels_to_bytes(image: np.ndarray) -> bytes:
