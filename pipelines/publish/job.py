@@ -6,7 +6,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from pipelines.contracts.decisions import DECISIONS, DECISIONS_SCHEMA, TIMINGS, parts
+from pipelines.contracts.decisions import DECISIONS, DECISIONS_SCHEMA, TIMINGS
 from pipelines.io.store import Store
 from pipelines.publish import croissant, provenance
 from pipelines.publish.card import render_card
@@ -72,11 +72,10 @@ def publish_dataset(store: Store, prep: "Prepared", curated: "Curated", shards: 
     from pipelines.report.build import publish_report  # audit report of what is published so far, before the index
 
     files.update(publish_report(store, {"job": job, "counts": counts, "shards": shards, "files": files}))
-    # croissant still describes decisions as one file: give it a digest of the parts' digests
-    dec = hashlib.sha256("".join(files[k]["sha256"] for k in parts({"files": files}, DECISIONS)).encode())
+    # croissant globs the decisions parts (decisions.parquet/*.parquet) and the shards: no digests in it
     files[croissant.CROISSANT] = croissant.publish(store, spec, prep.dataset_fingerprint, counts, gen_info or {},
-                                                   clip_info or {}, DECISIONS_SCHEMA.empty_table(),
-                                                   {**files, DECISIONS: {"sha256": dec.hexdigest()}}, curation, label)
+                                                   clip_info or {}, DECISIONS_SCHEMA.empty_table(), files, curation,
+                                                   label)
     write_index(store, job=job, shards=shards, files=files, counts=counts)
     return counts
 
