@@ -217,3 +217,40 @@ def test_verify_same_as_accepts_a_resigned_rerun_and_rejects_changed_pixels(chai
     assert problems == ["shards/d-000000.tar: differs"]
     r = CliRunner().invoke(app, ["verify", str(tmp_path / "a"), "--same-as", str(tmp_path / "c")])
     assert r.exit_code == 1
+
+
+@pytest.mark.parametrize("kind", ["es384", "ed25519", "ps256"])
+def test_a_given_key_signs_with_the_algorithm_of_its_type(kind, tmp_path):
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+    end = start + datetime.timedelta(days=30)
+    rk = ec.generate_private_key(ec.SECP256R1())
+    root = (x509.CertificateBuilder().subject_name(name("root")).issuer_name(name("root")).public_key(rk.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(rk, hashes.SHA256()))
+    ek = {"es384": lambda: ec.generate_private_key(ec.SECP384R1()), "ed25519": ed25519.Ed25519PrivateKey.generate,
+          "ps256": lambda: rsa.generate_private_key(65537, 2048)}[kind]()
+    ee = (x509.CertificateBuilder().subject_name(name("signer")).issuer_name(root.subject).public_key(ek.public_key())
+          .serial_number(2).not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+          .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(rk.public_key()), critical=False)
+          .sign(rk, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "chain.pem").write_bytes(ee.public_bytes(pem) + root.public_bytes(pem))
+    (tmp_path / "key.pem").write_bytes(ek.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    sk = c2pa.resolve_key(str(tmp_path / "chain.pem"), str(tmp_path / "key.pem"))
+    assert not sk.dev and sk.inline is None  # a real key stays in its file
+    got = c2pa.read_manifest(Labeller("ds", "fp", sk)(_png(), _record(), {})[0])
+    assert got["state"] == "Valid" and got["failures"] == []
+    assert got["manifest"]["signature_info"]["alg"].lower() == kind
