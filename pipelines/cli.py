@@ -193,6 +193,7 @@ def verify_image(
     file: Path = typer.Argument(..., help="An image (PNG as published, or a re-encoded copy)."),
     trust_anchor: Optional[Path] = typer.Option(None, "--trust-anchor", help="PEM root(s) to trust for C2PA."),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
+    strength: float = typer.Option(24.0, "--watermark-strength", help="The job's provenance.watermark.strength."),
 ) -> None:
     """Check one image's marks: C2PA manifest (signature, hashes), invisible watermark, IPTC type (exit 1 on problems)."""
     from pipelines.publish.verify_image import describe, inspect
@@ -202,7 +203,7 @@ def verify_image(
     except OSError as e:
         typer.echo(f"error: {file}: {e.strerror}", err=True)
         raise typer.Exit(2)
-    res = inspect(data, trust_anchor.read_text() if trust_anchor else None)
+    res = inspect(data, trust_anchor.read_text() if trust_anchor else None, strength)
     typer.echo(json.dumps(res, indent=1, default=str) if as_json else "\n".join(f"{file}: {x}" for x in describe(res)))
     for p in res["problems"]:
         typer.echo(f"problem: {file}: {p}", err=True)
