@@ -171,7 +171,10 @@ def _copy(ds: Path, dst: Path) -> Path:
 def test_absent_inputs_are_reported_not_fatal(ds, tmp_path):
     d = _copy(ds, tmp_path / "bare")
     for name in ("decisions.parquet", "timings.parquet", "manifest.parquet", "provenance.json"):
-        (d / name).unlink()
+        if (d / name).is_dir():  # decisions and timings are folders of parts written by the workers
+            shutil.rmtree(d / name)
+        else:
+            (d / name).unlink()
     shutil.rmtree(d / "embeddings")
     index = json.loads((d / "index.json").read_text())
     for s in index["shards"]:
