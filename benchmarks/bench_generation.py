@@ -183,11 +183,6 @@ class GpuBusy:
         return round(statistics.mean(self.samples), 3) if self.samples else None
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def samples_for(batch: int, steps: int, guidance: float, size: int, offset: int = 0) -> list[Any]:
     from pipelines.plan.samples import Sample  # needs pyarrow; without it, the stand-in below
 
@@ -265,12 +260,12 @@ def bare_runner(model: Path, device: str, dtype: str, batch: int, steps: int, gu
 def measure(go: Any, device: str, iters: int, warmup: int) -> dict[str, Any]:
     for _ in range(warmup):
         go()
-    _sync(device)
+    torch.cuda.synchronize() if device.startswith("cuda") else None
     with GpuBusy(device) as busy:
         t0, c0, n = time.perf_counter(), time.process_time(), 0
         for _ in range(iters):
             n += go()
-        _sync(device)
+        torch.cuda.synchronize() if device.startswith("cuda") else None
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     # images per CPU-second of this process: on a shared CPU host the wall rate mostly measures the neighbours
     return {"images_per_s": round(n / dt, 4), "seconds": round(dt, 3), "images": n, "gpu_busy": busy.fraction,
@@ -360,10 +355,6 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def gpu_slug() -> str:
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="SD 1.5 architecture, 64x64, 2 steps, batch 2, CPU")
@@ -387,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or RESULTS / "generation-cpu-smoke.json")
     else:
         res = sweep(args)
-        out = Path(args.out or RESULTS / f"generation-{gpu_slug()}.json")
+        gpu = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+        out = Path(args.out or RESULTS / f"generation-{gpu}.json")
     assert "pipelines.execution" not in sys.modules and "ray" not in sys.modules, "the benchmark must not need Ray"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
