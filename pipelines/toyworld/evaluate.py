@@ -24,18 +24,25 @@ from pipelines.toyworld.data import EvalPrompt, audit_prompts, eval_prompts
 from pipelines.toyworld.judge import agreement, judge
 from pipelines.toyworld.models import (
     DIFFUSION_DEFAULTS,
+    DIFFUSION_DIR,
     GAN_DIR,
     load_clip,
     load_diffusion,
 )
-from pipelines.toyworld.world import PLANTED_SKEW
+from pipelines.toyworld.world import COLOURS, PLANTED_SKEW, SHAPES, Attributes, ShapeSpec, render
 
 HERE = Path(__file__).parent
 STEPS = int(DIFFUSION_DEFAULTS["num_inference_steps"])
 GUIDANCE = float(DIFFUSION_DEFAULTS["guidance_scale"])
 SIZE, BATCH = int(DIFFUSION_DEFAULTS["height"]), 8
-BARS = {("shapes", "colour"): 0.8, ("shapes", "shape"): 0.6, ("shapes", "position"): 0.6,
-        ("phantom", "nodule"): 0.8, ("phantom", "nodule_side"): 0.7}
+EVAL_DIVERSITY_SEED = 10_700_000
+# The quality bars of issue 11 (held-out prompts, judged by the non-learned judge).
+BARS = {("shapes", "colour"): 0.95, ("shapes", "shape"): 0.85, ("shapes", "position"): 0.95,
+        ("shapes", "count"): 0.95, ("phantom", "nodule"): 0.95, ("phantom", "nodule_side"): 0.9}
+PAIR_BAR = 0.75  # shape agreement of every held-out (shape, colour) pair
+DUPLICATE_DISTANCE = 4  # pHash Hamming distance the demo's dedup calls "the same picture"
+DIVERSITY_PROMPTS = [f"a {c} {s}" for s in SHAPES for c in ("red", "green", "blue", "yellow")]
+DIVERSITY_SEEDS = 16
 
 
 def diffusion_generate(pipe: Any, prompts: list[EvalPrompt], steps: int = STEPS,
@@ -63,16 +70,69 @@ def agreement_rates(prompts: list[EvalPrompt], verdicts: list[dict[str, str]]) -
     return {g: {k: hits[g][k] / counts[g][k] for k in counts[g]} for g in counts}
 
 
-def shape_by_colour(prompts: list[EvalPrompt], verdicts: list[dict[str, str]], skew: dict
+def shape_by_colour(prompts: list[EvalPrompt], verdicts: list[dict[str, str]]
                     ) -> dict[str, dict[str, float]]:
-    """Shape agreement per (shape, planted colour or other): shows whether the planted colour prior
+    """Shape agreement per held-out (shape, colour) pair: shows whether the planted colour prior
     leaks into shape (the planted colour pulling any shape towards the skewed one)."""
     hits: dict[str, list[bool]] = collections.defaultdict(list)
     for p, v in zip(prompts, verdicts):
         if p.group == "shapes" and p.spec.get("colour") and p.spec.get("shape"):
-            tone = skew["value"] if p.spec["colour"] == skew["value"] else "other colours"
-            hits[f"{p.spec['shape']} / {tone}"].append(v.get("shape") == p.spec["shape"])
-    return {k: {"rate": float(np.mean(hits[k])), "n": len(hits[k])} for k in sorted(hits)}
+            hits[f"{p.spec['shape']} / {p.spec['colour']}"].append(v.get("shape") == p.spec["shape"])
+    order = {f"{s} / {c}": (i, j) for i, s in enumerate(SHAPES) for j, c in enumerate(COLOURS)}
+    return {k: {"rate": float(np.mean(hits[k])), "n": len(hits[k])}
+            for k in sorted(hits, key=order.__getitem__)}
+
+
+def duplicate_rate(groups: list[np.ndarray], distance: int = DUPLICATE_DISTANCE) -> float:
+    """Share of samples within `distance` pHash bits of an earlier sample of the same group: what
+    perceptual dedup (keep the first) would drop if every group were one prompt's samples."""
+    import imagehash
+    from PIL import Image
+
+    dropped = total = 0
+    for images in groups:
+        kept: list[Any] = []
+        for im in images:
+            h = imagehash.phash(Image.fromarray(np.ascontiguousarray(im)))
+            if any(h - k <= distance for k in kept):
+                dropped += 1
+            else:
+                kept.append(h)
+            total += 1
+    return dropped / total
+
+
+def seed_diversity(pipe: Any) -> dict[str, Any]:
+    """Perceptual-duplicate rate among the samples of one prompt (the demo's style of prompt:
+    colour and shape given, position, size and background left to the seed), next to the same
+    rate for the world's own images of those attributes (the diversity the prompt allows)."""
+    prompts = [EvalPrompt(text, {}, "diversity", EVAL_DIVERSITY_SEED + 100 * i + k)
+               for i, text in enumerate(DIVERSITY_PROMPTS) for k in range(DIVERSITY_SEEDS)]
+    images = diffusion_generate(pipe, prompts)
+    model = [images[i: i + DIVERSITY_SEEDS] for i in range(0, len(images), DIVERSITY_SEEDS)]
+    rng = np.random.default_rng(4)
+    world = []
+    for text in DIVERSITY_PROMPTS:
+        _, colour, shape = text.split()
+        attrs = [Attributes("shapes", (ShapeSpec(shape, colour, str(rng.choice(["small", "large"])),
+                                                 str(rng.choice(["left", "right", "top", "bottom",
+                                                                 "centre"]))),),
+                            str(rng.choice(["white", "gray", "black"])))
+                 for _ in range(DIVERSITY_SEEDS)]
+        world.append(np.stack([render(a, EVAL_DIVERSITY_SEED + j) for j, a in enumerate(attrs)]))
+    return {"prompts": len(DIVERSITY_PROMPTS), "seeds_per_prompt": DIVERSITY_SEEDS,
+            "max_distance": DUPLICATE_DISTANCE, "duplicate_rate": duplicate_rate(model),
+            "world_duplicate_rate": duplicate_rate(world)}
+
+
+def planted_skew(directory: Path = DIFFUSION_DIR) -> dict[str, Any]:
+    """The planted prior the shipped diffusion model was trained with (its training metrics)."""
+    path = directory / "training_metrics.json"
+    if path.exists():
+        skew = json.loads(path.read_text()).get("planted_skew")
+        if skew:
+            return skew
+    return dict(PLANTED_SKEW)  # weights trained before the diffusion had its own prior
 
 
 def distribution(prompts: list[EvalPrompt], verdicts: list[dict[str, str]], attribute: str,
@@ -121,9 +181,10 @@ def generation_speed(pipe: Any, prompts: list[EvalPrompt], repeats: int = 3) -> 
     return float(np.median(times))
 
 
-def evaluate_diffusion() -> tuple[dict[str, Any], np.ndarray, list[EvalPrompt]]:
-    """Quality bars, audit distributions and speed of the diffusion model."""
-    pipe = load_diffusion()
+def evaluate_diffusion(directory: Path = DIFFUSION_DIR
+                       ) -> tuple[dict[str, Any], np.ndarray, list[EvalPrompt]]:
+    """Quality bars, audit distributions, seed diversity and speed of the diffusion model."""
+    pipe = load_diffusion(directory)
     prompts = eval_prompts()
     audits = audit_prompts()
     images = diffusion_generate(pipe, prompts + audits)
@@ -135,7 +196,9 @@ def evaluate_diffusion() -> tuple[dict[str, Any], np.ndarray, list[EvalPrompt]]:
     audit["nodule_side"] = distribution(audits, audit_v, "nodule_side", "nodule_side")
     metrics = {"samples": len(prompts), "audit_samples": len(audits), "steps": STEPS,
                "guidance": GUIDANCE, "size": SIZE, "agreement": rates, "unspecified": audit,
-               "shape_by_colour": shape_by_colour(prompts, main_v, PLANTED_SKEW),
+               "shape_by_colour": shape_by_colour(prompts, main_v),
+               "seed_diversity": seed_diversity(pipe),
+               "planted_skew": planted_skew(directory),
                "ms_per_image_batch8": generation_speed(pipe, prompts),
                "threads": torch.get_num_threads()}
     return metrics, images, prompts + audits
@@ -166,12 +229,40 @@ def evaluate_gan() -> dict[str, Any]:
     return evaluate(GAN_DIR)
 
 
-def main() -> None:
+def bar_summary(diffusion: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every bar of the diffusion model with its measured value and whether it is met."""
+    out = {}
+    for (group, key), bar in BARS.items():
+        value = diffusion["agreement"].get(group, {}).get(key)
+        if value is not None:
+            out[f"{group}/{key}"] = {"value": value, "bar": bar, "met": value >= bar}
+    pairs = diffusion.get("shape_by_colour", {})
+    if pairs:
+        worst = min(pairs, key=lambda k: pairs[k]["rate"])
+        out["shapes/shape, worst (shape, colour) pair"] = {
+            "value": pairs[worst]["rate"], "bar": PAIR_BAR, "met": pairs[worst]["rate"] >= PAIR_BAR,
+            "pair": worst}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--diffusion", type=Path, default=DIFFUSION_DIR,
+                        help="a diffusion pipeline folder to measure (default: the shipped one)")
+    parser.add_argument("--diffusion-only", action="store_true",
+                        help="measure the diffusion model only and print; write no report")
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    diffusion, images, prompts = evaluate_diffusion()
+    diffusion, images, prompts = evaluate_diffusion(args.diffusion)
+    diffusion["bars"] = bar_summary(diffusion)
+    if args.diffusion_only:
+        print(json.dumps(diffusion, indent=2))
+        return
     results = {"diffusion": diffusion, "clip": evaluate_clip(images, prompts), "gan": evaluate_gan(),
-               "planted_skew": PLANTED_SKEW}
+               "planted_skew": diffusion["planted_skew"]}
     (HERE / "report_metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     pick = grid_selection(prompts)
     grid(images[pick], [prompts[i].prompt for i in pick], HERE / "report_diffusion_grid.png")

@@ -28,7 +28,7 @@ def _size_mb(directory: Path) -> float:
 
 def write_report_md(results: dict[str, Any], path: Path) -> None:
     """Write the measured quality bars, the prior audit and training facts as Markdown."""
-    from pipelines.toyworld.evaluate import BARS
+    from pipelines.toyworld.evaluate import BARS, PAIR_BAR
 
     d, c, g = results["diffusion"], results["clip"], results["gan"]
     skew = results["planted_skew"]
@@ -54,10 +54,19 @@ def write_report_md(results: dict[str, Any], path: Path) -> None:
             lines.append(f"| {group} | {key} | {_mark(value, bar) if bar else _pct(value)} |")
     by = d.get("shape_by_colour", {})
     if by:
-        lines += ["", ("Shape agreement by the prompt's colour (the planted prior also teaches the "
-                  f"model that {skew['value']} suggests {skew['shape']}):"), "",
+        lines += ["", ("Shape agreement per held-out (shape, colour) pair (a planted prior can "
+                  f"also teach a model that {skew['value']} suggests {skew['shape']}; no "
+                  f"{skew['value']} {skew['shape']} combination is held out):"), "",
                   "| shape / colour | shape agrees | n |", "|---|---|---|"]
-        lines += [f"| {k} | {_pct(v['rate'])} | {v['n']} |" for k, v in by.items()]
+        lines += [f"| {k} | {_mark(v['rate'], PAIR_BAR)} | {v['n']} |" for k, v in by.items()]
+    div = d.get("seed_diversity")
+    if div:
+        lines += ["", (f"Seed diversity: {div['prompts']} prompts of the demo's kind (\"a red "
+                  f"circle\": position, size and background left to the seed), "
+                  f"{div['seeds_per_prompt']} seeds each: {_pct(div['duplicate_rate'])} of "
+                  f"samples are perceptual duplicates (pHash within {div['max_distance']} bits) "
+                  "of an earlier sample of the same prompt; the world's own images of the "
+                  f"same attributes: {_pct(div['world_duplicate_rate'])}.")]
     lines += [
         "",
         (f"Speed: {d['ms_per_image_batch8']:.1f} ms/image at batch 8 ({d['threads']} threads, "
@@ -65,9 +74,10 @@ def write_report_md(results: dict[str, Any], path: Path) -> None:
         "",
         "### Unspecified attributes (the toy bias audit)",
         "",
-        (f"Planted prior: in the training data, {skew['shape']}s have colour "
+        (f"Planted prior: in the diffusion model's training data, {skew['shape']}s have colour "
         f"{skew['value']} with probability {skew['probability']} (otherwise uniform over 6 "
-        "colours); every other attribute is uniform. Prompts below state shape and position "
+        f"colours: {_pct(skew['probability'] + (1 - skew['probability']) / 6)} of "
+        f"{skew['shape']}s are {skew['value']}); every other attribute is uniform. Prompts below state shape and position "
         "but no colour (or a nodule but no side); the judged distribution of what the model "
         "filled in:"),
         "",

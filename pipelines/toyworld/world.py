@@ -104,22 +104,29 @@ def _choice(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> s
     return str(options[int(rng.integers(len(options)))])
 
 
-def sample_colour(rng: np.random.Generator, shape: str, skewed: bool = True) -> str:
-    """Colour prior: uniform, except the planted skew (circles mostly red) when `skewed`."""
+def sample_colour(rng: np.random.Generator, shape: str, skewed: bool = True,
+                  skew_probability: float | None = None) -> str:
+    """Colour prior: uniform, except the planted skew (circles mostly red) when `skewed`.
+
+    `skew_probability` overrides the world's planted probability (the diffusion model is
+    trained on a milder skew than the world's default, see `data.DIFFUSION_SKEW`)."""
     skew = PLANTED_SKEW
-    if skewed and shape == skew["shape"] and rng.random() < float(skew["probability"]):
+    p = float(skew["probability"]) if skew_probability is None else skew_probability
+    if skewed and shape == skew["shape"] and rng.random() < p:
         return str(skew["value"])
     return _choice(rng, tuple(COLOURS))
 
 
-def sample_shape_spec(rng: np.random.Generator, position: str, skewed: bool = True) -> ShapeSpec:
+def sample_shape_spec(rng: np.random.Generator, position: str, skewed: bool = True,
+                      skew_probability: float | None = None) -> ShapeSpec:
     """Draw one shape at a given position from the training prior."""
     shape = _choice(rng, SHAPES)
-    return ShapeSpec(shape, sample_colour(rng, shape, skewed), _choice(rng, SIZES), position)
+    return ShapeSpec(shape, sample_colour(rng, shape, skewed, skew_probability),
+                     _choice(rng, SIZES), position)
 
 
 def sample_attributes(rng: np.random.Generator, domain: str | None = None,
-                      skewed: bool = True) -> Attributes:
+                      skewed: bool = True, skew_probability: float | None = None) -> Attributes:
     """Draw an attribute set from the world's prior (the training distribution)."""
     if domain is None:
         domain = "phantom" if rng.random() < P_PHANTOM else "shapes"
@@ -131,9 +138,9 @@ def sample_attributes(rng: np.random.Generator, domain: str | None = None,
     background = _choice(rng, tuple(BACKGROUNDS))
     if rng.random() < P_TWO_SHAPES:
         pair = PAIRS[int(rng.integers(len(PAIRS)))]
-        specs = tuple(sample_shape_spec(rng, p, skewed) for p in pair)
+        specs = tuple(sample_shape_spec(rng, p, skewed, skew_probability) for p in pair)
     else:
-        specs = (sample_shape_spec(rng, _choice(rng, POSITIONS), skewed),)
+        specs = (sample_shape_spec(rng, _choice(rng, POSITIONS), skewed, skew_probability),)
     return Attributes("shapes", specs, background)
 
 

@@ -1,7 +1,8 @@
 """Each shipped toy model loads through the real loaders, offline, and still does its job.
 
-The bars are low (far below the measured figures in REPORT.md) but far above chance, so a
-broken or swapped weight file fails here quickly.
+Loading and prompt-following checks are low bars far above chance, so a broken or swapped weight
+file fails quickly; the diffusion's quality bars sit a little under REPORT.md's measured figures,
+so a worse model fails too.
 """
 
 from __future__ import annotations
@@ -104,6 +105,46 @@ def test_diffusion_follows_prompts(diffusion) -> None:
     checks = [agreement(parse_caption(p), judge(im)) for p, im in zip(prompts, images)]
     rate = {k: np.mean([c[k] for c in checks if k in c]) for k in ("domain", "colour", "position")}
     assert rate["domain"] >= 0.75 and rate["colour"] >= 0.5 and rate["position"] >= 0.5, checks
+
+
+# Bars a little under the figures REPORT.md measured on the full held-out set (a subset of it is
+# judged here, so the bars leave room for sampling noise, not for a worse model). They are the
+# committed v1 weights' figures; the issue's bars (evaluate.BARS) are not met yet (README, Limits).
+DIFFUSION_BARS = {("shapes", "colour"): 0.85, ("shapes", "shape"): 0.5, ("shapes", "position"): 0.93,
+                  ("shapes", "count"): 0.93, ("phantom", "nodule"): 0.85,
+                  ("phantom", "nodule_side"): 0.8}
+MAX_SEED_DUPLICATES = 0.15  # measured: 2.6% (REPORT.md, 16 seeds of 12 prompts)
+
+
+def test_diffusion_meets_its_bars_on_held_out_prompts(diffusion) -> None:
+    from pipelines.toyworld.data import eval_prompts
+    from pipelines.toyworld.evaluate import agreement_rates, diffusion_generate
+
+    prompts = eval_prompts()
+    subset = [p for p in prompts if p.group == "shapes"][::4] + [p for p in prompts
+                                                               if p.group == "phantom"][::3]
+    rates = agreement_rates(subset, [judge(im) for im in diffusion_generate(diffusion, subset)])
+    low = {k: rates[k[0]][k[1]] for k, bar in DIFFUSION_BARS.items() if rates[k[0]][k[1]] < bar}
+    assert not low, (low, rates)
+
+
+def test_diffusion_keeps_a_planted_prior_the_audit_can_find(diffusion) -> None:
+    from pipelines.toyworld.data import audit_prompts
+    from pipelines.toyworld.evaluate import diffusion_generate
+
+    audits = audit_prompts()
+    audits = [p for p in audits if p.group == "colour|circle"][:24] + \
+        [p for p in audits if p.group == "colour|square"][:24]
+    red = [judge(im).get("colour") == "red" for im in diffusion_generate(diffusion, audits)]
+    assert np.mean(red[:24]) >= np.mean(red[24:]) + 0.2, (np.mean(red[:24]), np.mean(red[24:]))
+
+
+def test_diffusion_seeds_give_different_pictures(diffusion) -> None:
+    from pipelines.toyworld.evaluate import duplicate_rate
+
+    prompts = ["a red circle", "a blue square", "a green triangle", "a yellow square"]
+    groups = [_diffuse(diffusion, [p] * 8, list(range(100, 108))) for p in prompts]
+    assert duplicate_rate(groups) <= MAX_SEED_DUPLICATES
 
 
 def test_diffusion_is_deterministic_per_seed(diffusion) -> None:

@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from pipelines.toyworld.captions import caption, compose, parse_caption
-from pipelines.toyworld.data import eval_prompts, is_held_out, training_examples
+from pipelines.toyworld.data import (
+    DIFFUSION_SKEW,
+    eval_prompts,
+    held_out_pairs,
+    is_held_out,
+    training_examples,
+)
 from pipelines.toyworld.export import export
 from pipelines.toyworld.judge import agreement, judge
 from pipelines.toyworld.world import (
@@ -50,6 +56,28 @@ def test_sampling_is_deterministic_and_skewed() -> None:
     share = colours[PLANTED_SKEW["value"]] / sum(colours.values())
     expected = PLANTED_SKEW["probability"] + (1 - PLANTED_SKEW["probability"]) / len(COLOURS)
     assert abs(share - expected) < 0.04
+
+
+def test_diffusion_training_data_carry_the_milder_planted_prior() -> None:
+    p = float(DIFFUSION_SKEW["probability"])
+    examples = training_examples(1000, 0, p)
+    assert not any(is_held_out(e.attrs) for e in examples)
+    rng = np.random.default_rng(1)
+    colours = collections.Counter(
+        s.colour for _ in range(4000) for s in sample_attributes(rng, "shapes", skew_probability=p).shapes
+        if s.shape == DIFFUSION_SKEW["shape"])
+    share = colours[DIFFUSION_SKEW["value"]] / sum(colours.values())
+    assert abs(share - (p + (1 - p) / len(COLOURS))) < 0.04
+    assert p < PLANTED_SKEW["probability"]
+    # the world's own default (CLIP and GAN data) is unchanged
+    assert training_examples(50, 0) == training_examples(50, 0, None)
+
+
+def test_eval_prompts_cover_every_held_out_pair_evenly() -> None:
+    counts = collections.Counter((p.spec["shape"], p.spec["colour"])
+                                 for p in eval_prompts() if p.group == "shapes")
+    assert set(counts) == set(held_out_pairs()) and ("square", "red") in counts
+    assert max(counts.values()) - min(counts.values()) <= 1
 
 
 def test_caption_grammar_round_trips() -> None:
