@@ -169,11 +169,22 @@ def verify(
                                         "(credentials come from the environment)."),
     same_as: Optional[str] = typer.Option(None, "--same-as", help="Also check that this other dataset (a rerun) "
                                           "holds the same data: shards equal but for C2PA salts and signatures."),
+    images: bool = typer.Option(False, "--images", help="Also validate every image's C2PA manifest."),
+    trust_anchor: Optional[Path] = typer.Option(None, "--trust-anchor", help="With --images: PEM root(s) that "
+                                                "every signature must chain to."),
 ) -> None:
     """Check every shard and file of a published dataset against its index (exit 1 on problems)."""
     from pipelines.publish.verify import verify as verify_dataset
 
     problems, index = verify_dataset(url, json.loads(storage_options))
+    if images and not problems:
+        from pipelines.publish.compare import check_images
+
+        bad, n = check_images(url, json.loads(storage_options), trust_anchor.read_text() if trust_anchor else None)
+        problems += bad
+        if not bad:
+            trusted = ", trusted" if trust_anchor else ""
+            typer.echo(f"{n} images: C2PA manifests valid{trusted}, each names its sample")
     if same_as and not problems:
         from pipelines.publish.compare import compare
 

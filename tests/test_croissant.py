@@ -126,3 +126,20 @@ def test_radiology_says_synthetic_no_patient_data():
                           decisions_schema=pa.schema([("sample_id", pa.string()), ("kept", pa.bool_())]),
                           decisions_glob="decisions.parquet", curation=None, medical=True, labels={})
     assert "Synthetic, no patient data" in doc["rai:personalSensitiveInformation"]
+
+
+def test_verify_images_checks_every_manifest_and_its_trust(published, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    _, out = published
+    r = CliRunner().invoke(app, ["verify", str(out), "--images"])
+    assert r.exit_code == 0 and "4 images: C2PA manifests valid" in r.output, r.output
+    root = c2pa.dev_chain().cert.replace("chain.pem", "root.pem")
+    r = CliRunner().invoke(app, ["verify", str(out), "--images", "--trust-anchor", root])
+    assert r.exit_code == 0 and "valid, trusted" in r.output, r.output
+    other = c2pa.dev_chain(tmp_path / "other")  # a root that signed none of them
+    r = CliRunner().invoke(app, ["verify", str(out), "--images", "--trust-anchor",
+                                 other.cert.replace("chain.pem", "root.pem")])
+    assert r.exit_code == 1 and r.output.count("untrusted") == 4

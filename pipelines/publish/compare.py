@@ -53,3 +53,28 @@ def compare(url_a: str, url_b: str, storage_options: dict[str, Any] | None = Non
         else:
             modulo_signing += 1
     return problems, modulo_signing
+
+
+def check_images(url: str, storage_options: dict[str, Any] | None = None,
+                 trust_anchors: str | None = None) -> tuple[list[str], int]:
+    """(problems, images checked): every PNG of the WebDataset shards carries a C2PA manifest that
+    validates (hash binding and signature; trust only with ``trust_anchors``) and names its own sample."""
+    store = Store(url, storage_options)
+    index = json.loads(store.read_bytes(INDEX))
+    problems: list[str] = []
+    n = 0
+    for key in sorted(k for s in index.get("shards", []) for k in s["files"] if k.endswith(".tar")):
+        with tarfile.open(fileobj=io.BytesIO(store.read_bytes(key))) as tf:
+            for m in tf.getmembers():
+                if not m.name.endswith(".png"):
+                    continue
+                n += 1
+                got = c2pa.read_manifest(tf.extractfile(m).read(), "image/png", trust_anchors)  # type: ignore[union-attr]
+                sample = c2pa.assertion(got["manifest"], "org.synthgen.sample") if got else None
+                if got is None:
+                    problems.append(f"{key}/{m.name}: no C2PA manifest")
+                elif got["failures"] or (trust_anchors and got["state"] != "Trusted"):
+                    problems.append(f"{key}/{m.name}: C2PA {got['state']}: {', '.join(got['failures']) or 'untrusted'}")
+                elif (sample or {}).get("sample_id") != m.name[:-4]:
+                    problems.append(f"{key}/{m.name}: manifest names sample {(sample or {}).get('sample_id')}")
+    return problems, n
