@@ -1,4 +1,5 @@
 """``synthgen verify URL --same-as OTHER``: are two published datasets the same, as reruns must be?
+(and ``--images``: does every published image carry a valid manifest of its own sample?)
 
 Signed PNGs differ between runs in their C2PA salts and signatures (``pipelines.publish.c2pa``), so a
 shard whose sha256 differs is compared in canonical form (manifest chunks removed) and each image's
