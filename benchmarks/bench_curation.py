@@ -145,8 +145,9 @@ def main() -> None:
         print(json.dumps(run_mode(args.mode, url, fp, units)))
         return
     t = time.perf_counter()
-    units = stage_synthetic(url, fp, args.samples, 256, 512)
-    Path(url, "units.json").write_text(json.dumps(units))
+    if not Path(url, "units.json").exists():  # staged once per size and root (delete the root to restage)
+        units = stage_synthetic(url, fp, args.samples, 256, 512)
+        Path(url, "units.json").write_text(json.dumps(units))
     staged_s = time.perf_counter() - t
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     res = {}
@@ -165,7 +166,13 @@ def main() -> None:
                    f"{os.getloadavg()[0]:.1f} at the end): times are noisy",
     }
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "curation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    path = HERE / "results" / "curation.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if old.get("samples") == args.samples:  # earlier runs of this size: the spread is the noise
+        summary["earlier_runs"] = old.pop("earlier_runs", []) + [{k: old[k] for k in (
+            "driver", "cluster", "time_ratio_cluster_over_driver", "driver_rss_ratio_cluster_over_driver", "machine")
+            if k in old}]
+    path.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import JobSpec, OutputSpec
+from pipelines.errors import SynthgenError
 from pipelines.contracts.decisions import FAILED, GENERATED, SCREENED, decisions_part, parquet_bytes, timings_part
 from pipelines.contracts.unit import Staging
 from pipelines.curation import curate, partition
@@ -48,11 +49,18 @@ class Executor:
         return self._remote[fn].options(num_returns=num_returns, num_cpus=num_cpus, max_retries=3).remote(*args)
 
     def get(self, refs: Any) -> Any:
+        """Values of ``refs``; a list is read in order, so the first failed task in submission order is the
+        one reported, and a task's own error (``SynthgenError``: storage, spec) comes back as itself."""
         if not self.use_ray:
             return refs
         import ray
 
-        return ray.get(refs)
+        try:
+            return [ray.get(r) for r in refs] if isinstance(refs, list) else ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, SynthgenError):
+                raise e.cause from None
+            raise
 
     def put(self, obj: Any) -> Any:
         if not self.use_ray:
