@@ -50,6 +50,8 @@ DECISIONS_SCHEMA = pa.schema(
         ("attr_probs", _F32_MAP),  # "attribute=value" -> zero-shot probability
         ("attr_labels", pa.map_(pa.string(), pa.string())),  # attribute -> perceived value
         ("group", pa.string()),  # prompt group of the bias audit
+        ("qc_pred", pa.map_(pa.string(), pa.string())),  # finding QC: attribute -> value read from the image
+        ("qc_score", _F32_MAP),  # attribute -> the classifier's confidence in that value
     ]
 )
 TIMINGS_SCHEMA = pa.schema([("sample_id", pa.string()), ("unit_id", pa.string()), ("gen_ms", pa.float64()),

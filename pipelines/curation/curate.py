@@ -29,6 +29,7 @@ from pipelines.contracts.decisions import DECISIONS_SCHEMA, SUMMARY_KEY
 from pipelines.curation import bias
 from pipelines.curation import references as refsets
 from pipelines.curation import safety
+from pipelines.curation import qc
 from pipelines.curation.context import Context, build_context
 from pipelines.curation.dedup import hashes as dedup
 from pipelines.curation.dedup import semantic as semdedup
@@ -36,7 +37,7 @@ from pipelines.curation.dedup import semantic as semdedup
 if TYPE_CHECKING:
     from pipelines.config import JobSpec
 
-STAGES = ("prior_dedup", "reference", "safety", "clip_score", "exact_dedup", "perceptual_dedup",
+STAGES = ("prior_dedup", "reference", "safety", "clip_score", "qc", "exact_dedup", "perceptual_dedup",
           "semantic_dedup", "rebalance")
 
 
@@ -159,6 +160,8 @@ def score(st: State, cur: Any, ctx: Context, light: pa.Table, emb: np.ndarray, s
     if cur.min_clip_score is not None:
         for k in np.flatnonzero(st.clip < cur.min_clip_score):
             st.reject(int(k), "low_clip_score", "clip_score")
+    if cur.qc is not None and st.n:
+        _qc(st, cur, ctx, light, emb, summary)
     if not (cur.bias.attributes and st.n):
         return None
     probs = bias.zero_shot(emb, ctx.vocab, cur.bias.logit_scale or ctx.logit_scale)
@@ -170,6 +173,29 @@ def score(st: State, cur: Any, ctx: Context, light: pa.Table, emb: np.ndarray, s
     st.col("attr_labels", [[(a, values[a][int(labels[a][k])]) for a in labels] for k in range(st.n)])
     st.col("group", groups)
     return labels, values, groups
+
+
+def _qc(st: State, cur: Any, ctx: Context, light: pa.Table, emb: np.ndarray, summary: dict) -> None:
+    """Finding QC (``qc.py``): zero-shot here from the embeddings, or the pixel classifier's cells that
+    ``partition.score_block`` read from each unit's images (column ``qc``)."""
+    q = cur.qc
+    if q.classifier == "zero_shot":
+        text = {k: dict(zip(ctx.vocab[k][0], ctx.vocab[k][1])) for k in q.attributes}
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        cells = qc.classify_zero_shot(unit, text, q.attributes, cur.bias.logit_scale or ctx.logit_scale)
+    elif "qc" in light.column_names:
+        cells = light.column("qc").to_pylist()
+    else:
+        raise ValueError(f"curation.qc.classifier {q.classifier} reads pixels: its cells come from "
+                         "partition.score_block (the staged images), not from the light columns alone")
+    attrs = [dict(m or []) for m in light.column("attributes").to_pylist()]
+    for k, reasons in enumerate(qc.qc_reasons(attrs, cells, q.attributes)):
+        for r in reasons:
+            st.reject(k, r, "qc") if q.mode == "filter" else st.flags[k].append(r)
+    parsed = [json.loads(c) if c else {} for c in cells]
+    st.col("qc_pred", [[(a, v["pred"]) for a, v in sorted(p.items())] for p in parsed])
+    st.col("qc_score", [[(a, float(v["score"])) for a, v in sorted(p.items())] for p in parsed])
+    summary["qc"] = {"classifier": q.classifier, "mode": q.mode, **qc.qc_summary(attrs, cells, q.attributes)}
 
 
 def _prior(st: State, cur: Any, emb: np.ndarray, sha: list, ph: list, summary: dict,
@@ -302,6 +328,7 @@ def enabled_stages(cur: Any) -> list[str]:
     d = cur.dedup
     on = {"prior_dedup": bool(cur.prior_datasets), "reference": bool(cur.references),
           "safety": cur.safety.mode == "filter", "clip_score": cur.min_clip_score is not None,
+          "qc": cur.qc is not None and cur.qc.mode == "filter",
           "exact_dedup": d.exact, "perceptual_dedup": d.perceptual.enabled, "semantic_dedup": d.semantic.enabled,
           "rebalance": cur.rebalance is not None}
     return [s for s in STAGES if on[s]]

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.contracts.decisions import TIMINGS_SCHEMA
-from pipelines.curation import curate
+from pipelines.curation import curate, qc
 from pipelines.curation.context import Context
 
 #: Columns the curation of a block reads from each staged unit (no image bytes).
@@ -62,12 +62,16 @@ def score_block(no: int, units: list[str], load: Loader, cur: Any, ctx: Context
     """Stages 1-4 on one block: the block, its summary part (``merge_scores`` adds them) and its safety
     scores per concept (``safety_means`` takes the mean over all blocks exactly as one array's)."""
     tables, unit_of, row_of = [], [], []
+    pixel_qc = cur.qc is not None and cur.qc.classifier != "zero_shot"
     for u, uid in enumerate(units):
         t = load(uid, SCORE_COLUMNS)
+        if pixel_qc:  # the one curation step that needs pixels: one unit's images at a time
+            cells = qc.unit_cells(cur.qc.classifier, load(uid, ["png"]).column("png").to_pylist(), cur.qc.attributes)
+            t = t.append_column("qc", pa.array(cells, pa.string()))
         tables.append(t)
         unit_of.append(np.full(t.num_rows, u, np.int32))
         row_of.append(np.arange(t.num_rows, dtype=np.int32))
-    light = pa.concat_tables(tables) if tables else pa.table({c: [] for c in SCORE_COLUMNS})
+    light = pa.concat_tables(tables) if tables else pa.table({c: [] for c in SCORE_COLUMNS + ["qc"] * pixel_qc})
     ok = pc.is_null(light.column("error")).to_numpy(zero_copy_only=False) if light.num_rows else np.zeros(0, bool)
     failed = [{"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "error": r["error"]}
               for r in light.filter(pa.array(~ok)).select(["sample_id", "prompt_id", "error"]).to_pylist()]
@@ -107,6 +111,9 @@ def merge_scores(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 "top1_cos_max": max(tops) if tops else None,
                 "histogram": {"edges": e[0]["histogram"]["edges"],
                               "counts": np.sum([x["histogram"]["counts"] for x in e], axis=0).astype(int).tolist()}})
+    qcs = [p["qc"] for p in parts if "qc" in p]
+    if qcs:
+        out["qc"] = qc.merge_summaries(qcs)
     saf = [p for p in parts if "safety" in p]
     if saf:
         n = sum(p["n"] for p in saf)

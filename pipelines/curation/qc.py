@@ -104,3 +104,31 @@ def qc_summary(attributes: Sequence[Mapping[str, str] | None], cells: Sequence[s
     return {"keys": list(keys),
             "agreement": {k: {"n": n, "agree": a, "rate": (a / n) if n else None} for k, (n, a) in agree.items()},
             "confusion": confusion}
+
+
+def merge_summaries(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One ``qc_summary`` from per-partition ones (counts add; rates recomputed)."""
+    first = parts[0]
+    agree = {k: [sum(p["agreement"][k]["n"] for p in parts), sum(p["agreement"][k]["agree"] for p in parts)]
+             for k in first["keys"]}
+    confusion: dict[str, dict[str, dict[str, int]]] = {k: {} for k in first["keys"]}
+    for p in parts:
+        for k, rows in p["confusion"].items():
+            for stated, reads in rows.items():
+                row = confusion[k].setdefault(stated, {})
+                for read, c in reads.items():
+                    row[read] = row.get(read, 0) + c
+    return {**{k: v for k, v in first.items() if k not in ("agreement", "confusion")},
+            "agreement": {k: {"n": n, "agree": a, "rate": (a / n) if n else None} for k, (n, a) in agree.items()},
+            "confusion": confusion}
+
+
+def unit_cells(ref: str, pngs: Sequence[bytes | None], keys: Sequence[str]) -> list[str | None]:
+    """Pixel-classifier cells of one staged unit's PNGs (None where the sample has no image)."""
+    import io
+
+    from PIL import Image
+
+    fn = load_pixel_classifier(ref)
+    return [None if b is None else classify_pixels(fn, [np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))],
+                                                   keys)[0] for b in pngs]

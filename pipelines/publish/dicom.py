@@ -8,7 +8,8 @@ required modules; we add the synthetic labels of PS3.3 (Synthetic Data, Contribu
 with purpose "Synthesizing Equipment") that highdicom does not set.
 
 Reruns are byte-identical: every UID is derived from the dataset fingerprint and the sample id
-(``2.25.<integer>`` UIDs, the UUID-derived root of PS3.5 B.2, from name-based UUIDs), no dates or times are written, and the patient is a pseudonym of the sample id.
+(``2.25.<integer>`` UIDs, the UUID-derived root of PS3.5 B.2, from name-based UUIDs), no dates
+or times are written, and the patient is a pseudonym of the sample id.
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def dicom_bytes(pixels: np.ndarray, record: dict[str, Any], ctx: DicomContext, s
     buf = io.BytesIO()
     dcmwrite(buf, sc, enforce_file_format=True)
     return buf.getvalue()
+
+
+def series_number(prompt_id: str) -> int:
+    """A stable Series Number (IS, < 2**31) per prompt: the series is one prompt's samples."""
+    return int(hashlib.sha256(prompt_id.encode()).hexdigest()[:7], 16) + 1
 
 
 def dicom_key(record: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from pipelines.execution.runner import Prepared
 
 
-OUTPUT_PREFIXES = ("shards", "embeddings", DECISIONS, TIMINGS)
+OUTPUT_PREFIXES = ("shards", "embeddings", "dicom", DECISIONS, TIMINGS)
 
 
 def clear_outputs(store: Store) -> None:

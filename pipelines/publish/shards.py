@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
@@ -81,10 +82,29 @@ def write_shard(store: Store, name: str, formats: list[str], n: int, rows: list[
     if "parquet" in formats:
         objects[f"shards/{name}-{n:06d}.parquet"] = _parquet_bytes(rows, SHARD_SCHEMA)
     objects[f"embeddings/{n:06d}.parquet"] = _parquet_bytes(rows, EMB_SCHEMA)
+    if "dicom" in formats:
+        objects |= dicom_objects(rows)
     for key, data in objects.items():
         store.write_bytes(key, data)
         entry["files"][key] = {"sha256": sha256(data), "bytes": len(data)}
     return entry
+
+
+def dicom_objects(rows: list[dict[str, Any]]) -> dict[str, bytes]:
+    """One DICOM file per sample of a shard (``pipelines.publish.dicom``), from its published PNG and record:
+    listed in the shard's index entry like any shard file, so ``verify`` checks each one."""
+    from PIL import Image
+
+    from pipelines import __version__
+    from pipelines.publish.dicom import DicomContext, dicom_bytes, dicom_key, series_number
+
+    out: dict[str, bytes] = {}
+    for r in rows:
+        rec = json.loads(r["record"])
+        ctx = DicomContext(rec["job"]["fingerprint"], rec["job"]["name"], __version__)
+        pixels = np.asarray(Image.open(io.BytesIO(r["png"])))
+        out[dicom_key(rec)] = dicom_bytes(pixels, rec, ctx, series_number(rec["prompt_id"]))
+    return out
 
 
 def embedding_ref(n: int, row: int) -> dict[str, Any]:
