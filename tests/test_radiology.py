@@ -75,3 +75,14 @@ def test_dicom_files_validate_and_are_listed(published):
         assert ds[0x0008, 0x001C].value == "YES" and ds.ConversionType == "SYN"
         sops.add(ds.SOPInstanceUID)
     assert len(sops) == len(listed)
+
+
+def test_report_has_the_finding_qc_section(published):
+    report = json.loads((published / "report.json").read_text())
+    q = report["finding_qc"]
+    assert q["available"] and q["classifier"] == "pipelines.toyworld.judge:judge"
+    side = q["confusion"]["nodule_side"]
+    assert side["stated"] == side["read"] == ["left", "none", "right"]
+    assert side["counts"] == [[4, 0, 0], [0, 2, 0], [0, 0, 4]]
+    html = (published / "report.html").read_text()
+    assert "Finding QC" in html and "nodule_side: stated (rows) vs read (columns)" in html

@@ -34,6 +34,7 @@ import numpy as np
 from pipelines.report import metrics as M
 from pipelines.report.alignment import JudgeResult, alignment_section, run_judge, zero_shot
 from pipelines.report.curation import curation_section
+from pipelines.report.radiology import qc_section
 from pipelines.report.data import (
     KNOWN_DECISION_COLUMNS,
     Dataset,
@@ -198,6 +199,7 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
                                "non_finite_samples": bad}
     diversity = diversity_section(ds, groups, by_group, dv)
     curation = curation_section(ds)
+    finding_qc = qc_section(ds)
 
     group_rows = [{
         "group": g, "attributes": ds.group_attrs.get(g, {}), "planned": planned.get(g),
@@ -211,7 +213,7 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
         "format": REPORT_FORMAT, "version": REPORT_VERSION, "settings": _settings(), "summary": summary,
         "groups": {"count": len(groups), "perceived_source": source, "rows": group_rows},
         "alignment": alignment, "diversity": diversity, "reference": ref_json, "safety": safety_json,
-        "curation": curation,
+        "curation": curation, "finding_qc": finding_qc,
     })
 
     # ---- HTML
