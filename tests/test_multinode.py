@@ -94,48 +94,65 @@ def test_local_output_on_a_multinode_cluster_is_refused(cluster, tmp_path):
     assert not out.exists()  # refused before the lease or any staging was written
 
 
-def test_job_submit_then_node_loss_gives_the_same_dataset(cluster, s3, tmp_path):
+def _submit(dashboard: str, c: Any, job: Path) -> subprocess.CompletedProcess:
+    """``ray job submit`` to the head: the entrypoint runs on the cluster, joins it and publishes."""
+    for _ in range(15):  # the head's dashboard agent takes a few seconds to come up after the raylet
+        sub = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", str(BIN / "synthgen"),
+                              "run", str(job), "-q"], env={**_env(c), "RAY_ADDRESS": dashboard},
+                             capture_output=True, text=True, timeout=1200)
+        if "No available agent" not in sub.stderr:
+            return sub
+        time.sleep(2)
+    return sub
+
+
+def _verify(s3: str, url: str) -> None:
+    ok = subprocess.run([str(BIN / "synthgen"), "verify", url, "--storage-options", json.dumps(storage_options(s3))],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_ray_job_submit_publishes_to_s3(cluster, s3, tmp_path):
+    """The cluster path end to end, small: one job through the head's job server, on both nodes."""
+    c, dashboard = cluster
+    make_bucket(s3, "submit")
+    sub = _submit(dashboard, c, _write_job(tmp_path, _spec("s3://submit/ds", s3, 2)))  # 40 samples, 3 units
+    assert sub.returncode == 0 and "succeeded" in sub.stdout, (sub.stdout[-3000:], sub.stderr[-2000:])
+    _verify(s3, "s3://submit/ds")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_node_loss_mid_run_gives_the_same_dataset(cluster, s3, tmp_path):
+    """Slow (two full runs on the cluster): ``pytest -m slow tests/test_multinode.py``."""
     import s3fs
 
     c, dashboard = cluster
     make_bucket(s3, "multi")
-    fs = s3fs.S3FileSystem(endpoint_url=s3, skip_instance_cache=True)
-    calm = _write_job(tmp_path, _spec("s3://multi/calm", s3, 12))  # 240 samples, 15 units
-
-    # 1. `ray job submit` to the head: the entrypoint runs on the cluster, joins it and publishes to S3.
-    for _ in range(15):  # the head's dashboard agent takes a few seconds to come up after the raylet
-        sub = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--", str(BIN / "synthgen"),
-                              "run", str(calm), "-q"], env={**_env(c), "RAY_ADDRESS": dashboard},
-                             capture_output=True, text=True, timeout=600)
-        if "No available agent" not in sub.stderr:
-            break
-        time.sleep(2)
+    fs = s3fs.S3FileSystem(endpoint_url=s3, skip_instance_cache=True, use_listings_cache=False)  # polled below
+    sub = _submit(dashboard, c, _write_job(tmp_path, _spec("s3://multi/calm", s3, 12)))  # 240 samples, 15 units
     assert sub.returncode == 0 and "succeeded" in sub.stdout, (sub.stdout[-3000:], sub.stderr[-2000:])
-    ok = subprocess.run([str(BIN / "synthgen"), "verify", "s3://multi/calm", "--storage-options",
-                         json.dumps(storage_options(s3))], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
+    _verify(s3, "s3://multi/calm")
 
-    # 2. The same job to another prefix, killing the worker node once units are being staged.
+    # The same job to another prefix, killing the worker node once units are being staged.
     disturbed = _spec("s3://multi/hurt", s3, 12)
     job = tmp_path / "hurt.yaml"
     job.write_text(yaml.safe_dump(disturbed))
     proc = subprocess.Popen([str(BIN / "synthgen"), "run", str(job), "-q", "--log-format", "json"], env=_env(c),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     worker = next(iter(c.worker_nodes))
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
         if len(fs.glob("multi/hurt/_staging/*/units/*.parquet")) >= 2:
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before the node could be removed"
     c.remove_node(worker, allow_graceful=False)  # raylet, object store and its workers: a node failure
-    out, err = proc.communicate(timeout=600)
+    out, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, err[-4000:]
     summary = next(json.loads(line) for line in out.splitlines() if line.startswith('{"event": "summary"'))
     assert summary["planned"] == 240 and summary["units_generated"] + summary["units_reused"] == 15
-    ok = subprocess.run([str(BIN / "synthgen"), "verify", "s3://multi/hurt", "--storage-options",
-                         json.dumps(storage_options(s3))], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
+    _verify(s3, "s3://multi/hurt")
     a, b = _files(fs, "multi/calm"), _files(fs, "multi/hurt")
     assert a.keys() == b.keys() and any(k.startswith("shards/") for k in a)
     assert [k for k in a if a[k] != b[k]] == []
