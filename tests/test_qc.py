@@ -46,7 +46,7 @@ def test_zero_shot_picks_the_nearest_value_and_rejects_nan():
 
 
 def test_classifier_reference_errors_are_clear():
-    with pytest.raises(ValueError, match="module:callable"):
+    with pytest.raises(ValueError, match="package.module:name"):
         load_pixel_classifier("judge")
     with pytest.raises(ValueError, match="not a callable"):
         load_pixel_classifier("pipelines.toyworld.world:SHAPES")

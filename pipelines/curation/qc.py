@@ -16,12 +16,13 @@ decisions schemas do not depend on which attributes a job checks.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from pipelines.plugins import load_ref
 
 PixelClassifier = Callable[[np.ndarray], Mapping[str, str]]
 NOT_STATED = None
@@ -29,13 +30,7 @@ NOT_STATED = None
 
 def load_pixel_classifier(ref: str) -> PixelClassifier:
     """``package.module:callable`` -> the callable (imported lazily, so the core names no plug-in)."""
-    module, _, name = ref.partition(":")
-    if not module or not name:
-        raise ValueError(f"qc classifier '{ref}' must be 'module:callable' or 'zero_shot'")
-    fn = getattr(importlib.import_module(module), name, None)
-    if not callable(fn):
-        raise ValueError(f"qc classifier '{ref}': {name} is not a callable of {module}")
-    return fn
+    return load_ref(ref, "qc classifier")
 
 
 def classify_pixels(fn: PixelClassifier, images: Sequence[np.ndarray], keys: Sequence[str]) -> list[str]:

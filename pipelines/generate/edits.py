@@ -13,11 +13,12 @@ Named regions (``mask_region: left_lung``) come from a region plug-in, ``module:
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 
 import numpy as np
+
+from pipelines.plugins import load_ref
 
 RegionFn = Callable[[str, int, int], np.ndarray]
 _PAD = re.compile(r"^\s*(\d+)(?:\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+))?\s*$")
@@ -56,13 +57,7 @@ def outpaint_canvas(image: np.ndarray, padding: tuple[int, int, int, int],
 
 def load_region_fn(ref: str) -> RegionFn:
     """``package.module:callable`` -> the region plug-in (imported by name at run time)."""
-    module, _, name = ref.partition(":")
-    if not module or not name:
-        raise ValueError(f"region plug-in '{ref}' must be 'module:callable'")
-    fn = getattr(importlib.import_module(module), name, None)
-    if not callable(fn):
-        raise ValueError(f"region plug-in '{ref}': {name} is not a callable of {module}")
-    return fn
+    return load_ref(ref, "region plug-in")
 
 
 def region_mask(fn: RegionFn, name: str, height: int, width: int) -> np.ndarray:
