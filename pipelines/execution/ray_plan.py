@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 
 @functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=2)
 def _staged_manifest(output_json: str, prefix_fp: str) -> "pa.Table":
     """The job's canonical manifest as staged by the driver, read once per worker process."""
     import io
@@ -43,12 +44,15 @@ def _staged_manifest(output_json: str, prefix_fp: str) -> "pa.Table":
     return pq.read_table(io.BytesIO(staging.store.read_bytes(f"{staging.prefix}/manifest.parquet")))
 
 
-def expand_units(batch: dict[str, np.ndarray], output_json: str, prefix_fp: str, gen: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Row ranges -> the units' samples, on a worker: the driver never holds a sample."""
+def _samples_json(ranges: Any, output_json: str, prefix_fp: str, gen: dict[str, Any]) -> list[str]:
     table = _staged_manifest(output_json, prefix_fp)
     spec = GeneratorSpec.model_validate(gen)
-    samples = [json.dumps([s.to_dict() for s in unit_samples(table, UnitRange.from_json(r), spec)])
-               for r in batch["range"]]
+    return [json.dumps([s.to_dict() for s in unit_samples(table, UnitRange.from_json(r), spec)]) for r in ranges]
+
+
+def expand_units(batch: dict[str, np.ndarray], output_json: str, prefix_fp: str, gen: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Row ranges -> the units' samples, on a worker: the driver never holds a sample."""
+    samples = _samples_json(batch["range"], output_json, prefix_fp, gen)
     return {"unit_id": batch["unit_id"], "samples": np.array(samples, dtype=object)}
 
 
@@ -64,8 +68,11 @@ def fetch_inputs_stage(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class GenerateActor:
-    def __init__(self, gen: dict[str, Any], torch_threads: int, model_label: str | None = None):
+    def __init__(self, gen: dict[str, Any], torch_threads: int, model_label: str | None = None,
+                 expand: tuple[str, str] | None = None):
         import torch
+
+        self.gen, self.expand = gen, expand  # expand: (output_json, prefix_fp) when rows arrive as row ranges
 
         from pipelines.generate.backends import load_backend
 
@@ -79,7 +86,10 @@ class GenerateActor:
         from pipelines.generate.unit import generate_unit
 
         payloads = []
-        for samples_json, inputs in zip(batch["samples"], batch["inputs"]):
+        if "samples" not in batch:  # no input images to fetch: the actor expands its own row ranges
+            batch = {"unit_id": batch["unit_id"], "samples": _samples_json(batch["range"], *self.expand, self.gen)}
+        inputs_col = batch["inputs"] if "inputs" in batch else [b""] * len(batch["samples"])
+        for samples_json, inputs in zip(batch["samples"], inputs_col):
             samples = [Sample(**d) for d in json.loads(samples_json)]
             decoded = read_inputs(from_ipc(inputs) if inputs else None, samples)
             try:
@@ -133,8 +143,14 @@ def stage_units(batch: dict[str, np.ndarray], output: dict[str, Any], prefix_fp:
     return {k: np.array(v) for k, v in stats.items()}
 
 
-def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bool = False) -> Iterator[dict[str, Any]]:
-    """Stream ``units`` through fetch -> generate -> embed -> encode -> stage; yield one stats dict per staged unit."""
+def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bool = False,
+              with_inputs: bool = True) -> Iterator[dict[str, Any]]:
+    """Stream ``units`` through fetch -> generate -> embed -> encode -> stage; yield one stats dict per staged unit.
+
+    ``with_inputs=False`` (no manifest row names an input image): the generator actors expand their own
+    row ranges (the manifest read once per actor) and there is no fetch stage, so every unit is queued
+    for the pool at once instead of trickling out of upstream tasks to whichever actor is idle first
+    (with tiny units one actor took them all)."""
     import ray
     import ray.data
 
@@ -152,18 +168,21 @@ def run_units(spec: JobSpec, units: list[UnitRange], staging: Staging, quiet: bo
     gen_pool, emb_pool, cpu_pool = spec.resources.generate, spec.resources.embed, spec.resources.encode
     prefix_fp = staging.prefix.split("/", 1)[1]
     items = [{"unit_id": u.unit_id, "range": u.to_json()} for u in units]  # row ranges: no samples here
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    if with_inputs:
+        ds = (ds.map_batches(expand_units, batch_size=1, num_cpus=0.1, fn_kwargs={
+                  "output_json": spec.output.model_dump_json(), "prefix_fp": prefix_fp,
+                  "gen": spec.generator.model_dump()})
+              .map_batches(fetch_inputs_stage, batch_size=1, num_cpus=0.1,
+                           compute=ray.data.TaskPoolStrategy(size=cpu_pool.size)))
     ds = (
-        ray.data.from_items(items, override_num_blocks=len(items))
-        .map_batches(expand_units, batch_size=1, num_cpus=0.1, fn_kwargs={
-            "output_json": spec.output.model_dump_json(), "prefix_fp": prefix_fp, "gen": spec.generator.model_dump()})
-        .map_batches(fetch_inputs_stage, batch_size=1, num_cpus=0.1,
-                     compute=ray.data.TaskPoolStrategy(size=cpu_pool.size))
-        .map_batches(
+        ds.map_batches(
             GenerateActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=gen_pool.size,
                                                                      max_tasks_in_flight_per_actor=gen_pool.max_units_in_flight),
             num_cpus=gen_pool.num_cpus, num_gpus=gen_pool.num_gpus,
             fn_constructor_kwargs={"gen": spec.generator.model_dump(), "torch_threads": gen_pool.torch_threads,
-                                   "model_label": spec.as_written("generator.model")},
+                                   "model_label": spec.as_written("generator.model"),
+                                   "expand": None if with_inputs else (spec.output.model_dump_json(), prefix_fp)},
         )
         .map_batches(
             EmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=emb_pool.size,

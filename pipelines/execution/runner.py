@@ -175,7 +175,9 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
         from tqdm import tqdm
 
         bar = tqdm(total=len(pending), desc="generate", unit="unit", disable=quiet, dynamic_ncols=True)
-        for res in run_units(spec, pending, staging, quiet=quiet):
+        with_inputs = any(prep.manifest.column(c).null_count < prep.manifest.num_rows
+                          for c in ("init_image", "mask_image", "style_image"))
+        for res in run_units(spec, pending, staging, quiet=quiet, with_inputs=with_inputs):
             bar.update(1)
             store.check_writable()  # LeaseLost: another run took this output over; stop between units
             busy["generate"] += res["gen_ms"] / 1000
