@@ -64,6 +64,29 @@ def test_group_keys():
     assert bias.group_keys(maps, []) == [bias.NO_GROUP] * 3
 
 
+def test_one_group_key_for_curation_and_report():
+    """curation's audit, its quotas and the report name a group with the same function."""
+    from pipelines.curation.groups import group_key
+    from pipelines.report import data
+
+    assert data.group_key is group_key and bias.group_keys is not None
+    assert group_key({"shape": "circle", "bg": "white"}, ["shape", "bg"]) == "shape=circle,bg=white"
+    assert group_key([("shape", "circle"), ("bg", "white")]) == "bg=white,shape=circle"  # Arrow map pairs
+    assert group_key(None) == bias.NO_GROUP
+    assert group_key({}, ["shape"]) == "shape="
+
+
+def test_curation_never_imports_the_report():
+    """The report reads curation's outputs and shares its statistics; the reverse would be a cycle."""
+    import re
+    from pathlib import Path
+
+    root = Path(bias.__file__).parent
+    imports = re.compile(r"^\s*(from|import)\s+pipelines\.report", re.M)
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if imports.search(p.read_text())]
+    assert offenders == []
+
+
 def test_quotas_match_target_and_never_exceed_counts():
     q, missing = bias.quotas(np.array([70, 10, 12, 8]), np.ones(4))
     assert q.tolist() == [8, 8, 8, 8] and missing == []

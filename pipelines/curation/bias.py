@@ -13,9 +13,9 @@ with ``p`` the distribution of perceived values over ``K`` values and ``u = 1/K`
 - ``kl_uniform`` = sum_v p_v ln(p_v / u) = ln K - entropy
 
 each with a percentile bootstrap interval (resampling the group's samples: ``bootstrap``
-multinomial draws from the observed distribution; :func:`pipelines.report.metrics.share_intervals`,
+multinomial draws from the observed distribution; :func:`pipelines.curation.stats.share_intervals`,
 the same function the report uses for its shares), the sample count, and a test of uniformity
-(:func:`pipelines.report.metrics.uniformity_test`: chi-square goodness of fit, exact multinomial for
+(:func:`pipelines.curation.stats.uniformity_test`: chi-square goodness of fit, exact multinomial for
 small n). The deviation metrics are biased upwards near uniform (they cannot go below 0), so their
 intervals say little there; a group is flagged ``skewed`` only when the test rejects uniformity at
 ``ALPHA`` (0.05).
@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.curation.groups import NO_GROUP, group_keys  # noqa: F401 - the one group key, re-exported
 from pipelines.curation.rowwise import rowdot
 from pipelines.curation.safety import prompt_embedding, softmax
-from pipelines.report.metrics import UNIFORMITY_ALPHA, share_intervals, uniformity_test
+from pipelines.curation.stats import UNIFORMITY_ALPHA, share_intervals, uniformity_test
 
 TextEmbed = Callable[[Sequence[str]], np.ndarray]
 METRICS = ("mad", "max_dev", "entropy", "entropy_norm", "kl_uniform")
-NO_GROUP = "(all)"
 ALPHA = UNIFORMITY_ALPHA  # significance level of the uniformity test that flags a group as skewed
 
 
@@ -59,15 +59,6 @@ def zero_shot(img_emb: np.ndarray, vocab: dict[str, tuple[list[str], np.ndarray]
     """attribute -> (n, K) probabilities."""
     img = img_emb / np.maximum(np.linalg.norm(img_emb, axis=1, keepdims=True), 1e-12)
     return {a: softmax(logit_scale * rowdot(img, emb)).astype(np.float32) for a, (_, emb) in vocab.items()}
-
-
-def group_keys(attribute_maps: list[dict[str, str]], group_by: list[str] | None) -> list[str]:
-    """Prompt-group key per sample: ``k=v,k2=v2`` over ``group_by`` (default: all of its keys)."""
-    out = []
-    for attrs in attribute_maps:
-        keys = sorted(attrs) if group_by is None else group_by
-        out.append(",".join(f"{k}={attrs.get(k, '')}" for k in keys) or NO_GROUP)
-    return out
 
 
 # ------------------------------------------------------------------------------------ statistics

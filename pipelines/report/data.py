@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.contracts.decisions import DECISIONS, TIMINGS, parts
+from pipelines.curation.groups import group_key  # noqa: F401 - the one group key (curation's), re-exported
 from pipelines.report.settings import ReportError
 from pipelines.io.store import Store
 
@@ -33,13 +34,6 @@ _ATTR = re.compile(r"attr|perceived|zero_shot|zeroshot|zs_", re.I)
 
 
 # ============================================================================ helpers
-
-
-def group_key(attributes: dict[str, str] | list[tuple[str, str]] | None) -> str:
-    """The prompt group of a sample: its manifest ``attributes`` as sorted ``k=v`` pairs joined by ``,``
-    (the key format of the curation's bias audit, so its per-group numbers line up)."""
-    items = dict(attributes or {})
-    return ",".join(f"{k}={items[k]}" for k in sorted(items)) or "(all)"
 
 
 def not_none(values: Iterable[Any]) -> list[Any]:
