@@ -39,6 +39,10 @@ GEN_SCHEMA = pa.schema(
         ("init_image", pa.string()),
         ("mask_image", pa.string()),
         ("style_image", pa.string()),
+        # the edit that made the inpainting mask (generate/edits.py): a named region, or outpainting
+        # padding ("N" or "l,t,r,b"); publish names it in the C2PA manifest beside the ingredients
+        ("mask_region", pa.string()),
+        ("outpaint", pa.string()),
         ("png", pa.binary()),
         ("pixel_sha256", pa.string()),
         ("phash", pa.string()),  # 64-bit perceptual hash (imagehash.phash) as 16 hex digits
@@ -49,7 +53,8 @@ GEN_SCHEMA = pa.schema(
 )
 _SAMPLE_FIELDS = [f for f in GEN_SCHEMA if f.name in ("sample_id", "prompt_id", "index", "prompt", "negative_prompt",
                                                    "seed", "steps", "guidance_scale", "height", "width", "attributes",
-                                                   "init_image", "mask_image", "style_image")]
+                                                   "init_image", "mask_image", "style_image", "mask_region",
+                                                   "outpaint")]
 #: What the generator actor returns: raw uint8 pixels (row-major HxWxC bytes) and their shape.
 PIXEL_SCHEMA = pa.schema(
     _SAMPLE_FIELDS
@@ -63,6 +68,8 @@ PIXEL_SCHEMA = pa.schema(
 )
 #: Input images of a unit's samples, fetched and decoded on the CPU before the generator: RGB
 #: uint8 at the sample's size (null where the sample has none); ``input_error`` when unreadable.
+#: A named region or outpainting arrives here as an ordinary pair: ``mask_pixels`` made from the
+#: region, or ``init_pixels`` the padded canvas and ``mask_pixels`` its padding.
 INPUT_SCHEMA = pa.schema(
     [("sample_id", pa.string())]
     + [(f"{k}_pixels", pa.large_binary()) for k in ("init", "mask", "style")]
@@ -74,8 +81,9 @@ EMBED_FIELDS = [
     ("text_emb", pa.list_(pa.float32())),
     ("clip_ms", pa.float64()),
 ]
-#: Columns curation reads: everything but the image bytes.
-LIGHT_COLUMNS = [f.name for f in GEN_SCHEMA if f.name not in ("png", "init_image", "mask_image", "style_image")] + [
+#: Columns curation reads: everything but the image bytes and the inputs (publish reads those).
+INPUT_COLUMNS = ("init_image", "mask_image", "style_image", "mask_region", "outpaint")
+LIGHT_COLUMNS = [f.name for f in GEN_SCHEMA if f.name != "png" and f.name not in INPUT_COLUMNS] + [
     n for n, _ in EMBED_FIELDS]
 
 

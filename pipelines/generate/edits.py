@@ -8,34 +8,25 @@ known latents back at every step), so any text-to-image pipeline outpaints throu
 
 Named regions (``mask_region: left_lung``) come from a region plug-in, ``module:callable`` taking
 ``(name, height, width)`` and returning a boolean HxW mask (the toy world's is
-``pipelines.toyworld.regions:region_mask``), so the core names no anatomy.
+``pipelines.toyworld.regions:region_mask``), so the core names no anatomy. A manifest picks a region
+by name among the installed plug-ins (``pipelines.plugins.find_region``).
+
+The fetch stage (``generate/inputs.py``) turns both edits into an ordinary inpainting pair (image,
+mask) on the CPU; the generator only inpaints and pastes the kept pixels back.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import numpy as np
 
-from pipelines.plugins import load_ref
+from pipelines.contracts.edits import parse_padding
+from pipelines.plugins import find_region, load_ref
+
+__all__ = ["load_region_fn", "named_region_mask", "outpaint_canvas", "parse_padding", "region_mask"]
 
 RegionFn = Callable[[str, int, int], np.ndarray]
-_PAD = re.compile(r"^\s*(\d+)(?:\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+))?\s*$")
-
-
-def parse_padding(spec: int | str) -> tuple[int, int, int, int]:
-    """``N`` (every side) or ``"left,top,right,bottom"`` pixels -> a 4-tuple; ValueError otherwise."""
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        if spec < 0:
-            raise ValueError(f"outpaint padding must be >= 0, got {spec}")
-        return (spec,) * 4
-    m = _PAD.match(str(spec))
-    if not m:
-        raise ValueError(f"outpaint padding must be N or 'left,top,right,bottom' pixels, got {spec!r}")
-    if m.group(2) is None:
-        return (int(m.group(1)),) * 4
-    return tuple(int(g) for g in m.groups())  # type: ignore[return-value]
 
 
 def outpaint_canvas(image: np.ndarray, padding: tuple[int, int, int, int],
@@ -68,3 +59,9 @@ def region_mask(fn: RegionFn, name: str, height: int, width: int) -> np.ndarray:
     if not mask.any():
         raise ValueError(f"region '{name}' is empty at {height}x{width}")
     return np.where(mask.astype(bool), 255, 0).astype(np.uint8)
+
+
+def named_region_mask(name: str, height: int, width: int) -> np.ndarray:
+    """The mask of a manifest's ``mask_region`` (``region`` or ``plugin/region``) at a sample's size."""
+    _, fn, region = find_region(name)
+    return region_mask(fn, region, height, width)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.contracts import schemas as contracts
+from pipelines.contracts.edits import MIN_INNER, padding_text, parse_padding
 
 from pipelines.io import store as storage
 from pipelines.config import ManifestSpec, TemplateSpec
@@ -44,6 +45,8 @@ CANONICAL = pa.schema(
         ("init_image", pa.string()),
         ("mask_image", pa.string()),
         ("style_image", pa.string()),
+        ("mask_region", pa.string()),
+        ("outpaint", pa.string()),
     ]
 )
 
@@ -56,6 +59,7 @@ ENCODINGS = {
     "double": "any integer or float type",
     "map<string,string>": "or a struct of strings, or a list of key/value pairs: "
                           "list<struct<key,value>> or 2-element lists",
+    "padding": "pixels per side: an integer column, or strings 'N' or 'left,top,right,bottom'",
 }
 
 
@@ -76,6 +80,8 @@ def _type_ok(expected: str, t: pa.DataType) -> bool:
         return _stringy(t)
     if expected in ("int64", "double"):
         return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+    if expected == "padding":
+        return _stringy(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
     if expected == "map<string,string>":
         if pa.types.is_map(t):
             return _stringy(t.key_type)
@@ -147,7 +153,37 @@ def _attributes(v: Any) -> dict[str, Any] | None:
     return out
 
 
-_CONVERT = {"int64": _int, "double": _number, "map<string,string>": _attributes}
+def _padding(v: Any) -> str:
+    """Any encoding of the outpaint padding -> its canonical text ("8" and 8 are the same content)."""
+    try:
+        return padding_text(_int(v) if isinstance(v, (float, Decimal)) else v)
+    except ValueError as e:
+        raise _Bad(str(e).removeprefix("outpaint padding ")) from None
+
+
+_CONVERT = {"int64": _int, "double": _number, "map<string,string>": _attributes, "padding": _padding}
+
+
+def _edit_errors(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """A row's edit fields must make one coherent edit of a given image."""
+    out = []
+    for f in ("mask_region", "outpaint"):
+        if row.get(f) is not None and not row.get("init_image"):
+            out.append((f, "needs an init_image (the image to edit)"))
+    if row.get("mask_region") and row.get("mask_image"):
+        out.append(("mask_region", "is set with mask_image: give one mask"))
+    if row.get("outpaint") and (row.get("mask_image") or row.get("mask_region")):
+        out.append(("outpaint", "cannot be combined with mask_image or mask_region (outpainting masks its padding)"))
+    pad = row.get("outpaint")
+    if isinstance(pad, str):
+        left, top, right, bottom = parse_padding(pad)
+        for f, used in (("height", top + bottom), ("width", left + right)):
+            size = row.get(f)
+            if size is not None and size - used < MIN_INNER:
+                out.append(("outpaint", f"{pad!r} leaves {size - used} px of {f} {size} for the init image "
+                                        f"(height and width are the output size, padding included; at least "
+                                        f"{MIN_INNER} px inside)"))
+    return out
 
 
 def _norm_row(row: dict[str, Any], types: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -199,6 +235,8 @@ def validate_table(table: pa.Table, source: str, row_offset: int = 0) -> list[di
             )
             if field.split(".")[0] not in bad:
                 found.append((field, _message(err)))
+        if not found:
+            found = _edit_errors(row)
         errors += [f"{source}: row {row_offset + i}: field '{f}': {m}" for f, m in found]
         if len(errors) >= MAX_ERRORS:
             errors = errors[:MAX_ERRORS] + [f"{source}: (stopped after {MAX_ERRORS} errors)"]
@@ -268,11 +306,20 @@ def check_references(rows: list[tuple[str, int, dict[str, Any]]], storage_option
         raise ManifestError("\n".join(errors[:MAX_ERRORS]))
 
 
+#: Built-in backends without an inpainting pipeline: edits under them are errors, not ignored.
+NO_INPAINTING = ("gan", "style", "procedural")
+
+
 def check_backend_fields(table: pa.Table, source: str, backend: str) -> None:
     """Rows must carry what the job's backend reads: style transfer needs a content image
-    (``init_image``) and a ``style_image``; other backends would silently ignore a style image."""
+    (``init_image``) and a ``style_image``; other backends would silently ignore a style image, and
+    edits (``mask_region``, ``outpaint``) need an inpainting backend and a region some installed
+    plug-in knows."""
+    from pipelines.plugins import find_region
+
     errors = []
-    for i, row in enumerate(table.select(["prompt_id", "init_image", "style_image"]).to_pylist()):
+    cols = ["prompt_id", "init_image", "style_image", "mask_region", "outpaint"]
+    for i, row in enumerate(table.select(cols).to_pylist()):
         where = f"{source}: row {i} (prompt_id '{row['prompt_id']}')"
         if backend == "style":
             errors += [f"{where}: field '{f}': required by generator.backend 'style'"
@@ -280,6 +327,15 @@ def check_backend_fields(table: pa.Table, source: str, backend: str) -> None:
         elif row["style_image"]:
             errors.append(f"{where}: field 'style_image': only generator.backend 'style' uses it "
                           f"(this job's backend is '{backend}')")
+        for f in ("mask_region", "outpaint"):
+            if row[f] and backend in NO_INPAINTING:
+                errors.append(f"{where}: field '{f}': needs an inpainting backend (diffusion), "
+                              f"not generator.backend '{backend}'")
+        if row["mask_region"] and backend not in NO_INPAINTING:
+            try:
+                find_region(row["mask_region"])
+            except ValueError as e:
+                errors.append(f"{where}: field 'mask_region': {e}")
     if errors:
         raise ManifestError("\n".join(errors[:MAX_ERRORS]))
 

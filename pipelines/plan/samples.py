@@ -36,11 +36,18 @@ class Sample:
     init_image: str | None = None
     mask_image: str | None = None
     style_image: str | None = None
+    mask_region: str | None = None  # a named region as the inpainting mask (generate/edits.py)
+    outpaint: str | None = None  # padding "N" or "l,t,r,b": the init image fitted inside, the rest filled
+
+    @property
+    def inpaints(self) -> bool:
+        """Inpainting, by a mask file, a named region or an outpainting canvas (all one pipeline)."""
+        return bool(self.mask_image or self.mask_region or self.outpaint)
 
     def compat_key(self) -> tuple[Any, ...]:
         """Samples with equal keys can share one pipeline call (same mode, size and schedule)."""
         return (self.steps, self.guidance_scale, self.height, self.width, self.negative_prompt is None,
-                self.init_image is not None, self.mask_image is not None)
+                self.init_image is not None, self.inpaints)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +77,8 @@ def row_samples(row: dict[str, Any], gen: GeneratorSpec, start: int = 0, stop: i
             init_image=row["init_image"],
             mask_image=row["mask_image"],
             style_image=row["style_image"],
+            mask_region=row.get("mask_region"),
+            outpaint=row.get("outpaint"),
         )
         for i in range(start, stop)
     ]

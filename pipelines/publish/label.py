@@ -80,6 +80,9 @@ class Labeller:
             sample = {"dataset": self.dataset, "fingerprint": self.fingerprint, "sample_id": record["sample_id"],
                       "prompt": record.get("prompt"), "seed": record.get("seed"),
                       "watermark": (labels.get("watermark") or {}).get("payload")}
+            edit = {k: row[k] for k in ("mask_region", "outpaint") if row.get(k)}
+            if edit:  # the mask an edit made has no file to be an ingredient: the manifest names the edit
+                sample["edit"] = edit
             manifest = c2pa.definition(title=f"{record['sample_id']}.png",
                                        label=c2pa.manifest_label(self.fingerprint, record["sample_id"]),
                                        source_type=source_type, generator=gen, sample=sample)

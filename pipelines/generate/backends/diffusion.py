@@ -101,9 +101,9 @@ class DiffusionBackend:
             return self.pipe, {"height": s.height, "width": s.width}
         import diffusers
 
-        kind = "inpaint" if s.mask_image else "img2img"
+        kind = "inpaint" if s.inpaints else "img2img"
         if kind not in self._derived:
-            cls = diffusers.AutoPipelineForInpainting if s.mask_image else diffusers.AutoPipelineForImage2Image
+            cls = diffusers.AutoPipelineForInpainting if s.inpaints else diffusers.AutoPipelineForImage2Image
             self._derived[kind] = cls.from_pipe(self.pipe)
             self._derived[kind].set_progress_bar_config(disable=True)
         return self._derived[kind], {"strength": self.spec.strength}
@@ -116,11 +116,15 @@ class DiffusionBackend:
         s0 = samples[0]
         assert all(s.compat_key() == s0.compat_key() for s in samples), "batch mixes incompatible samples"
         pipe, extra = self._pipe_for(s0)
+        inits: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
         if s0.init_image is not None:
             inputs = inputs if inputs is not None else [_read(s) for s in samples]
-            extra["image"] = [Image.fromarray(_need(x, "init", s)) for x, s in zip(inputs, samples)]
-            if s0.mask_image is not None:
-                extra["mask_image"] = [Image.fromarray(_need(x, "mask", s)) for x, s in zip(inputs, samples)]
+            inits = [_need(x, "init", s) for x, s in zip(inputs, samples)]
+            extra["image"] = [Image.fromarray(a) for a in inits]
+            if s0.inpaints:
+                masks = [_need(x, "mask", s) for x, s in zip(inputs, samples)]
+                extra["mask_image"] = [Image.fromarray(m) for m in masks]
                 extra.update(height=s0.height, width=s0.width)
         out = pipe(
             prompt=[s.prompt for s in samples],
@@ -133,20 +137,27 @@ class DiffusionBackend:
         )
         # Same rounding as diffusers' numpy_to_pil.
         images = (np.asarray(out.images, dtype=np.float32) * 255).round().clip(0, 255).astype(np.uint8)
-        return list(images)
+        return [keep_unmasked(img, init, mask) for img, init, mask in zip(images, inits, masks)] if masks \
+            else list(images)
+
+
+def keep_unmasked(image: np.ndarray, init: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The inpainted image with the input's own pixels outside the mask: the VAE round trip would
+    otherwise alter every pixel, and an edit must leave what it keeps byte-identical. Repainted where
+    the mask's luma is >= 128, diffusers' own binarisation (0.5) of the mask."""
+    m = mask.astype(np.int32)
+    luma = m if m.ndim == 2 else (m[..., 0] * 299 + m[..., 1] * 587 + m[..., 2] * 114) // 1000
+    return np.where((luma >= 128)[..., None], image, init).astype(np.uint8)
 
 
 def _read(s: Sample) -> "SampleInputs":
-    """In-process use without the fetch stage: read the sample's inputs here."""
-    from pipelines.generate.backends import SampleInputs
-    from pipelines.generate.inputs import load_image as load_pixels
+    """In-process use without the fetch stage: read (and for edits, make) the sample's inputs here."""
+    from pipelines.generate.inputs import sample_inputs
 
     try:
-        return SampleInputs(init=load_pixels(s.init_image, s.width, s.height) if s.init_image else None,
-                            mask=load_pixels(s.mask_image, s.width, s.height) if s.mask_image else None)
-    except Exception as e:
-        raise SampleInputError(f"sample {s.sample_id}: unreadable input image: {type(e).__name__}: "
-                               f"{str(e).split(' <_io.', 1)[0]}", [s.sample_id]) from e
+        return sample_inputs(s)
+    except SampleInputError as e:
+        raise SampleInputError(f"sample {s.sample_id}: {e}", [s.sample_id]) from e
 
 
 def _need(x: "SampleInputs | None", kind: str, s: Sample) -> np.ndarray:
