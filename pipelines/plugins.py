@@ -60,9 +60,8 @@ def find_region(name: str) -> tuple[str, Any, str]:
     if not known:
         raise ValueError(f"no installed region plug-in knows '{name}' (" + "; ".join(why) + ")")
     if len(known) > 1:
-        names = ", ".join(p for p, _ in known)
-        raise ValueError(f"region '{name}' is known to several region plug-ins ({names}): write "
-                         f"'{known[0][0]}/{region}'")
+        raise ValueError(f"region '{name}' is known to several region plug-ins: write "
+                         + " or ".join(f"'{p}/{region}'" for p, _ in known))
     return known[0][0], known[0][1], region
 
 

@@ -58,6 +58,23 @@ def main() -> None:
     write("invalid_utf8_attribute.parquet", pa.table({**GOOD, "attributes": pa.MapArray.from_arrays(
         pa.array([0, 1, 2, 3], pa.int32()), pa.array(["colour"] * 3), bad_value)}))
     write("attributes_as_list_of_ints.parquet", pa.table({**GOOD, "attributes": [[1, 2], [3, 4], [5, 6]]}))
+    edits()
+
+
+def edits() -> None:
+    """Edit columns (issue 14): outpaint padding and named regions, alone and in combination."""
+    init = {"init_image": ["/nonexistent/init.png"] * 3}  # row rules fail before any file is looked for
+    write("outpaint_not_padding.parquet", pa.table({**GOOD, **init, "outpaint": ["8", "1,2", None]}))
+    write("outpaint_negative.parquet", pa.table({**GOOD, **init, "outpaint": [8, -4, None]}))
+    write("outpaint_as_list.parquet", pa.table({**GOOD, **init, "outpaint": [[8], [8], [8]]}))
+    write("outpaint_fills_the_output.parquet", pa.table({**GOOD, **init, "outpaint": [8, 8, 8],
+                                                         "height": [64, 16, None]}))
+    write("outpaint_without_init.parquet", pa.table({**GOOD, "outpaint": pa.array([None, 8, None], pa.int64())}))
+    write("outpaint_with_region.parquet", pa.table({**GOOD, **init, "outpaint": [None, None, "4"],
+                                                    "mask_region": [None, None, "left_lung"]}))
+    write("mask_region_with_mask_image.parquet", pa.table({**GOOD, **init, "mask_image": ["/m.png", None, None],
+                                                           "mask_region": ["left_lung", None, None]}))
+    write("mask_region_bad_name.parquet", pa.table({**GOOD, **init, "mask_region": [None, "../lungs", None]}))
 
 
 if __name__ == "__main__":
