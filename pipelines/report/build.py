@@ -77,6 +77,7 @@ from pipelines.report.settings import (
     THUMB_MAX,
     ReportError,
 )
+from pipelines.errors import SynthgenError
 from pipelines.io.store import Store
 
 _plt, _png_thumb = get_plt, png_thumb  # the names tests and older callers use
@@ -134,7 +135,7 @@ def _load_reference(ds: Dataset, reference: str | None, options: dict[str, Any] 
         return None, None
     try:
         return load_reference(reference, options, (ds.provenance.get("job_spec") or {}).get("clip")), None
-    except (ReportError, OSError, ValueError) as e:
+    except (ReportError, SynthgenError, OSError, ValueError) as e:
         if strict:
             raise ReportError(f"reference set {reference!r} could not be read: {e}") from e
         return None, f"reference set {reference!r} could not be read: {e}"

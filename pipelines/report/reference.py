@@ -1,129 +1,116 @@
 """Reference sets for the audit report and the metrics that compare a dataset with one.
 
-A reference is a published synthgen dataset, Parquet with ``image_emb`` (+ optional ``png``,
-``sample_id``), or a folder of images embedded here with the dataset's own CLIP; at most ``REF_MAX``
-rows (deterministic subset). The section reports CMMD, FD and PRDC on deterministic subsets and the
-top-1 cosine of every sample to the reference (memorisation), with the closest pairs for the HTML."""
+A reference is loaded by curation's one loader of external sets (:mod:`pipelines.curation.references`:
+a published synthgen dataset, Parquet with embeddings and optional images, ``.npy``, or a folder of
+images embedded here with the dataset's own CLIP), at most ``REF_MAX`` rows (deterministic subset). The
+section reports CMMD, FD and PRDC on deterministic subsets and the top-1 cosine of every sample to the
+reference (memorisation), with the closest pairs for the HTML."""
 
 from __future__ import annotations
 
 import io
-import json
 import posixpath
+import tarfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.curation import references as refsets
+from pipelines.errors import SynthgenError
+from pipelines.io.store import url_to_fs
 from pipelines.report import metrics as M
-from pipelines.report.data import (
-    REFSIM,
-    Dataset,
-    DecisionView,
-    ShardFiles,
-    emb_matrix,
-    load_dataset,
-    not_none,
-    read_parquet,
-    read_pngs,
-)
+from pipelines.report.data import REFSIM, Dataset, DecisionView, not_none
 from pipelines.report.settings import CLOSEST_PAIRS, DIST_SAMPLE, FD_SAMPLE, MEMO_THRESHOLD, REF_MAX, SEED, ReportError
-from pipelines.io.store import Store
 
-IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXT = refsets.IMAGE_EXTENSIONS
 
 
 @dataclass
 class Reference:
-    source: str
-    kind: str  # synthgen-dataset | parquet | images
-    ids: list[str]
-    emb: np.ndarray
-    clip: dict[str, Any] | None
-    store: Store
-    locator: list[tuple[str, int]]  # per row: (object key, row within it or -1 for a whole image file)
-    shard_files: dict[str, ShardFiles] = field(default_factory=dict)
+    """A loaded reference set (:class:`~pipelines.curation.references.ExternalSet`) and how to reach its images."""
+
+    ext: refsets.ExternalSet
+    storage_options: dict[str, Any] | None = None
+
+    @property
+    def source(self) -> str:
+        return self.ext.source
+
+    @property
+    def kind(self) -> str:  # the names report.json has always used
+        if self.ext.kind == "embeddings":
+            return "npy" if self.ext.source.endswith(".npy") else "parquet"
+        return {"dataset": "synthgen-dataset"}.get(self.ext.kind, self.ext.kind)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.ext.ids
+
+    @property
+    def emb(self) -> np.ndarray:
+        return self.ext.emb
+
+    @property
+    def clip(self) -> dict[str, Any] | None:
+        return self.ext.clip
 
     def pngs(self, rows: list[int]) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
-        by_key: dict[str, list[int]] = defaultdict(list)
+        """Encoded images of the given rows, where the set has them (one read per file)."""
+        e = self.ext
+        if e.file_of is None:
+            return {}
+        fs, _ = url_to_fs(e.source, self.storage_options)
+        by_file: dict[int, list[int]] = defaultdict(list)
         for r in rows:
-            by_key[self.locator[r][0]].append(r)
-        for key, rs in sorted(by_key.items()):
-            if self.kind == "images":
-                for r in rs:
-                    out[r] = self.store.read_bytes(key)
-            elif self.kind == "synthgen-dataset":
-                got = read_pngs(self.store, self.shard_files[key], {self.ids[r] for r in rs})
-                out |= {r: got[self.ids[r]] for r in rs if self.ids[r] in got}
-            else:
-                t = read_parquet(self.store, key, ["png"])
-                if t is not None and "png" in t.column_names:
-                    out |= {r: t.column("png")[self.locator[r][1]].as_py() for r in rs}
+            if e.file_of[r] >= 0:
+                by_file[int(e.file_of[r])].append(r)
+        out: dict[int, bytes] = {}
+        for f, rs in sorted(by_file.items()):
+            path = e.files[f]
+            if e.row_of is not None and e.row_of[rs[0]] >= 0:  # a Parquet file with an image column
+                with fs.open(path, "rb") as fh:
+                    pf = pq.ParquetFile(fh)
+                    col = next(c for c in refsets.IMAGE_COLUMNS if c in pf.schema_arrow.names)
+                    blobs = pf.read(columns=[col]).column(col)
+                out |= {r: blobs[int(e.row_of[r])].as_py() for r in rs}
+            elif path.endswith((".tar", ".parquet")):  # a shard of a published dataset: by sample id
+                want = {e.ids[r]: r for r in rs}
+                out |= {want[k]: v for k, v in _shard_pngs(fs, path, set(want)).items()}
+            else:  # the image file itself
+                out |= {r: fs.cat_file(path) for r in rs}
         return out
+
+
+def _shard_pngs(fs: Any, path: str, ids: set[str]) -> dict[str, bytes]:
+    if path.endswith(".parquet"):
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh, columns=["sample_id", "png"])
+        return {s: t.column("png")[i].as_py() for i, s in enumerate(t.column("sample_id").to_pylist()) if s in ids}
+    out = {}
+    with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
+        for member in tf:
+            key, _, ext = posixpath.basename(member.name).partition(".")
+            if member.isfile() and ext == "png" and key in ids:
+                data = tf.extractfile(member)
+                out[key] = data.read() if data else b""
+    return out
 
 
 def load_reference(url: str, storage_options: dict[str, Any] | None = None,
                    clip_spec: dict[str, Any] | None = None) -> Reference:
-    """A reference set: a published synthgen dataset, Parquet with ``image_emb`` (+ optional ``png``,
-    ``sample_id``), or a folder of images (embedded here with the dataset's CLIP, ``clip_spec``)."""
-    if url.endswith(".parquet"):
-        root, _, name = url.rpartition("/")
-        store, keys = Store(root or ".", storage_options), [name]
-    else:
-        store = Store(url, storage_options)
-        if store.exists("index.json"):
-            return _dataset_reference(url, store)
-        try:
-            listed = sorted(posixpath.relpath(f, store.root) for f in store.fs.find(store.root))
-        except FileNotFoundError:
-            listed = []
-        keys = [k for k in listed if k.endswith(".parquet")]
-        if not keys:
-            images = [k for k in listed if k.lower().endswith(IMAGE_EXT)]
-            if not images:
-                raise ReportError(f"reference {url}: no index.json, Parquet files or images found")
-            return _embed_image_folder(url, store, images, clip_spec)
-    return _parquet_reference(url, store, keys)
-
-
-def _dataset_reference(url: str, store: Store) -> Reference:
-    ds = load_dataset(store)
-    if ds.samples.img_emb is None:
-        raise ReportError(f"reference {url}: dataset has no embeddings")
-    sf = {f"shard-{sh.no}": sh for sh in ds.shards}
-    loc = [(f"shard-{n}", -1) for n in ds.samples.shard]
-    sel = M.subsample_indices(len(ds.samples.ids), REF_MAX, SEED)
-    return Reference(url, "synthgen-dataset", [ds.samples.ids[i] for i in sel], ds.samples.img_emb[sel],
-                     (ds.provenance.get("models") or {}).get("clip"), store, [loc[i] for i in sel], sf)
-
-
-def _parquet_reference(url: str, store: Store, keys: list[str]) -> Reference:
-    ids, embs, loc, clip = [], [], [], None
-    for key in keys:
-        pf = pq.ParquetFile(io.BytesIO(store.read_bytes(key)))  # whole-object read, retried by the store
-        names = pf.schema_arrow.names
-        col = "image_emb" if "image_emb" in names else "embedding" if "embedding" in names else None
-        if col is None:
-            continue
-        meta = pf.schema_arrow.metadata or {}
-        if b"synthgen.clip" in meta and clip is None:
-            clip = json.loads(meta[b"synthgen.clip"])
-        t = pf.read(columns=[c for c in ("sample_id", col) if c in names])
-        e = emb_matrix(t.column(col))
-        sid = t.column("sample_id").to_pylist() if "sample_id" in t.column_names else \
-            [f"{key}#{i}" for i in range(len(e))]
-        ids += sid
-        embs.append(e)
-        loc += [(key, i) for i in range(len(e))]
-    if not embs:
-        raise ReportError(f"reference {url}: no Parquet file has an image_emb column")
-    emb = np.concatenate(embs)
-    sel = M.subsample_indices(len(ids), REF_MAX, SEED)
-    return Reference(url, "parquet", [ids[i] for i in sel], emb[sel], clip, store, [loc[i] for i in sel])
+    """A reference set through curation's loader: at most ``REF_MAX`` rows (seeded subset); images are
+    embedded with the dataset's CLIP (``clip_spec``), which is loaded only when images need it."""
+    try:
+        ext = refsets.load_reference(url, url, storage_options, lambda: clip_embedder(clip_spec),
+                                     max_rows=REF_MAX, seed=SEED, hashes=False)
+    except SynthgenError as e:
+        raise ReportError(str(e)) from e
+    if ext.emb is None or not len(ext):
+        raise ReportError(f"reference {url}: no embeddings (a dataset without embeddings/, or no images)")
+    return Reference(ext, storage_options)
 
 
 def clip_embedder(clip_spec: dict[str, Any] | None) -> Any:
@@ -134,19 +121,6 @@ def clip_embedder(clip_spec: dict[str, Any] | None) -> Any:
     if not clip_spec:
         raise ReportError("the dataset's provenance names no CLIP model")
     return ClipEmbedder(ClipSpec.model_validate(clip_spec))
-
-
-def _embed_image_folder(url: str, store: Store, images: list[str], clip_spec: dict[str, Any] | None) -> Reference:
-    from PIL import Image
-
-    sel = M.subsample_indices(len(images), REF_MAX, SEED)
-    keys = [images[i] for i in sel]
-    embedder = clip_embedder(clip_spec)
-    embs = []
-    for i in range(0, len(keys), 256):
-        ims = [Image.open(io.BytesIO(store.read_bytes(k))).convert("RGB") for k in keys[i:i + 256]]
-        embs.append(embedder.image_embeddings(ims))
-    return Reference(url, "images", keys, np.concatenate(embs), embedder.info, store, [(k, -1) for k in keys])
 
 
 def reference_section(ds: Dataset, ref: Reference | None, ref_error: str | None,
