@@ -352,3 +352,34 @@ def test_plots_survive_empty_and_nan_inputs(monkeypatch):
     assert R._group_attr_plot(plt, p).startswith("data:image/png")
     assert drawn == [("before curation", [0.1, 0.9])]
     assert P._uniformity_note(p, "colour") == "\nbefore: skewed, p = 0.011"
+
+
+def test_bounded_samples_say_how_many_rows_they_used(ds, ref, monkeypatch):
+    """Beyond its sample sizes the report keeps exact counts and means, computes quantiles, Vendi and the
+    reference metrics on the deterministic samples, and says how many rows each used (sizes shrunk here so
+    the 32-sample dataset exceeds them)."""
+    from pipelines.report import decisions, scan
+
+    full, _ = R.build_report(Store(str(ds)), ref)
+    for mod in (scan, decisions):
+        monkeypatch.setattr(mod, "SCORE_SAMPLE", 10)
+        monkeypatch.setattr(mod, "GROUP_SCORE_SAMPLE", 3)
+    monkeypatch.setattr(scan, "DIST_SAMPLE", 12)
+    monkeypatch.setattr(scan, "EMB_PER_GROUP", 4)
+    rep, html = R.build_report(Store(str(ds)), ref)
+    cs, was = rep["alignment"]["clipscore"]["overall"], full["alignment"]["clipscore"]["overall"]
+    assert cs["n"] == 32 and cs["quantiles_sample"] == 10 and cs["mean_ci"] == "normal approximation"
+    assert cs["mean"] == pytest.approx(was["mean"], rel=1e-5) and (cs["min"], cs["max"]) == (was["min"], was["max"])
+    assert rep["alignment"]["clipscore"]["per_group"]["colour=blue,shape=circle"]["quantiles_sample"] == 3
+    v = rep["diversity"]["vendi"]
+    assert v["overall"]["n"] == 32 and v["overall"]["n_used"] == 12 and 1.0 <= v["overall"]["score"] <= 12.0
+    assert all(g["n"] == 8 and g["n_used"] == 4 for g in v["per_group"].values())
+    assert rep["diversity"]["duplicates"]["residual_near_duplicates"]["n_used"] == 16
+    r = rep["reference"]
+    assert r["n_generated"] == 32 and r["cmmd"]["n_generated"] == 12 and r["prdc"]["n_generated"] == 12
+    assert r["memorisation"]["top1"]["n"] == 32 and r["memorisation"]["flagged"] == full["reference"]["memorisation"]["flagged"]
+    assert r["memorisation"]["closest_pairs"] == full["reference"]["memorisation"]["closest_pairs"]  # all rows seen
+    assert [g["grid"] for g in rep["groups"]["rows"]] == [g["grid"] for g in full["groups"]["rows"]]
+    assert rep["settings"]["bounded_samples"]["selection"] == "lowest sha256 of the sample id"
+    again, _ = R.build_report(Store(str(ds)), ref)
+    assert R.report_bytes(again, "")[0] == R.report_bytes(rep, "")[0]  # still deterministic

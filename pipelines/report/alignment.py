@@ -2,7 +2,8 @@
 
 CLIPScore from the records (checked against the published embeddings), and, where the prompts are in a judge
 plug-in's caption language (the toy world registers one), the plug-in's non-learned judge on a deterministic
-subset plus CLIP zero-shot labels from the stored embeddings, each compared with the prompt and with each other.
+subset (at most ``JUDGE_PER_GROUP`` per group) plus CLIP zero-shot labels from those samples' stored embeddings,
+each compared with the prompt and with each other.
 A missing plug-in or unreachable CLIP weights only empty the subsection that needs them, with a note saying why."""
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 from pipelines.report import metrics as M
 from pipelines.report.data import Dataset
 from pipelines.report.reference import clip_embedder
+from pipelines.report.scan import SampleScan
 from pipelines.report.settings import N_BOOT, SEED
+from pipelines.report.stream import ScoreStats
 
 
 @dataclass
@@ -44,29 +47,46 @@ def judge_plugin() -> tuple[Any, str]:
     return None, "; ".join(notes) or "no judge plug-in installed (entry point group synthgen.judges)"
 
 
-def run_judge(pngs: dict[int, bytes], prompts: list[str]) -> JudgeResult:
+NOT_APPLICABLE = "no prompt is in the judge plug-in's caption language, so its judge does not apply"
+
+
+def judge_setup(prompts: list[str]) -> tuple[Any, dict[int, dict[str, str]], str]:
+    """(plug-in or None, what each prompt asks by index, why there is no plug-in): before any image is read,
+    so images are fetched for judging only when some prompt is in the plug-in's caption language."""
     plugin, note = judge_plugin()
     if plugin is None:
-        return JudgeResult(False, note)
+        return None, {}, note
+    return plugin, {i: plugin.parse_caption(p) for i, p in enumerate(prompts)}, ""
+
+
+def judge_image(plugin: Any, png: bytes) -> dict[str, str]:
+    """The plug-in's verdict on one encoded image."""
     from PIL import Image
 
-    specs = {i: plugin.parse_caption(prompts[i]) for i in pngs}
+    return plugin.judge(Image.open(io.BytesIO(png)))
+
+
+def judge_result(plugin: Any, note: str, specs: dict[int, dict[str, str]],
+                 verdicts: dict[int, dict[str, str]]) -> JudgeResult:
+    """The judge's result over the samples it saw (a sample whose image could not be read is left out)."""
+    if plugin is None:
+        return JudgeResult(False, note)
+    specs = {i: specs[i] for i in sorted(verdicts)}
     if not any(specs.values()):
-        return JudgeResult(False, "no prompt is in the judge plug-in's caption language, so its judge does not apply")
-    verdicts = {i: plugin.judge(Image.open(io.BytesIO(pngs[i]))) for i in sorted(pngs)}
-    return JudgeResult(True, "", verdicts, specs, plugin)
+        return JudgeResult(False, NOT_APPLICABLE)
+    return JudgeResult(True, "", dict(sorted(verdicts.items())), specs, plugin)
 
 
-def zero_shot(ds: Dataset, rows: list[int], plugin: Any) -> tuple[dict[str, dict[int, str]], str]:
-    """CLIP zero-shot colour/shape labels of the given samples from their stored image embeddings, with
-    the judge plug-in's class prompts encoded by the dataset's own CLIP."""
-    if ds.samples.img_emb is None:
+def zero_shot(ds: Dataset, scan: SampleScan, rows: list[int], plugin: Any) -> tuple[dict[str, dict[int, str]], str]:
+    """CLIP zero-shot colour/shape labels of the given judge samples (indices into ``scan.judge``) from their
+    stored image embeddings, with the judge plug-in's class prompts encoded by the dataset's own CLIP."""
+    if not scan.has_img_emb:
         return {}, "no embeddings published"
     try:
         embedder = clip_embedder((ds.provenance.get("job_spec") or {}).get("clip"))
     except Exception as e:  # noqa: BLE001 - weights not reachable from here: the section says so
         return {}, f"the dataset's CLIP could not be loaded here ({type(e).__name__}: {e})"
-    emb = M.normalise(ds.samples.img_emb[rows])
+    emb = M.normalise(np.stack([scan.judge[r].img_emb for r in rows]) if rows else np.zeros((0, scan.dim or 0)))
     out: dict[str, dict[int, str]] = {}
     for attr, prompts in plugin.zero_shot_vocab().items():
         labels = list(prompts)
@@ -86,23 +106,20 @@ def _rate(values: list[bool], seed: int = SEED) -> dict[str, Any]:
     return {"n": len(values), "rate": float(np.mean(values)), "lo": lo, "hi": hi}
 
 
-def alignment_section(ds: Dataset, groups: list[str], by_group: dict[str, list[int]], jr: JudgeResult,
+def alignment_section(groups: list[str], scan: SampleScan, jr: JudgeResult,
                       zs: tuple[dict[str, dict[int, str]], str]) -> dict[str, Any]:
-    s = ds.samples
-    clip = np.asarray(s.clip, np.float64)
+    empty = ScoreStats(0)
     out: dict[str, Any] = {
         "clipscore": {"formula": "100 * max(cos(image_emb, text_emb), 0)", "scale": "0..100",
-                      "overall": M.summary(clip, seed=SEED),
-                      "per_group": {g: M.summary(clip[by_group[g]], seed=SEED) for g in groups}},
+                      "overall": scan.clip.summary(seed=SEED),
+                      "per_group": {g: scan.clip_by_group.get(g, empty).summary(seed=SEED) for g in groups}},
     }
-    if s.img_emb is not None and s.txt_emb is not None and len(s.ids):
-        from pipelines.embed.clip import clip_score
-
-        recomputed = clip_score(s.img_emb, s.txt_emb)
-        out["clipscore"]["max_abs_diff_records_vs_embeddings"] = float(np.nanmax(np.abs(recomputed - clip)))
+    if scan.has_txt_emb:
+        out["clipscore"]["max_abs_diff_records_vs_embeddings"] = float("nan") if scan.clip_diff is None \
+            else scan.clip_diff
     judge: dict[str, Any] = {"available": jr.available, "note": jr.note}
     if jr.available:
-        judge |= _judge_agreement(s.group, s.clip, groups, jr)
+        judge |= _judge_agreement([p.group for p in scan.judge], [p.clip for p in scan.judge], groups, jr)
         judge["clip_zero_shot"] = _zero_shot_agreement(jr, zs)
     out["judge"] = judge
     return out

@@ -3,9 +3,13 @@
 Reads only what a published dataset holds (``index.json`` or, at publish time, the index about to be
 written; ``provenance.json``, ``decisions.parquet``, ``manifest.parquet``, ``timings.parquet``,
 ``embeddings/``, shards, optional ``curation.json``), through :class:`~pipelines.io.store.Store`, so any
-fsspec URL works. Memory is flat in the number of samples apart from the embeddings (n x d float32) and a
-few scalars per sample: shards are streamed one at a time, and only the images the report shows or
-judges (a fixed number per prompt group) are kept.
+fsspec URL works. Nothing per sample is held: the decisions and timings parts are streamed a batch at a
+time and the shards one at a time (records and embeddings) into aggregates (:mod:`~pipelines.report.decisions`,
+:mod:`~pipelines.report.scan`); counts and means are exact, quantiles, histograms, bootstrap intervals and
+embedding metrics use bounded deterministic samples (the rows with the lowest sha256 of the sample id;
+sizes in ``settings``, and ``n_used`` beside a figure computed on fewer rows than it describes), and only
+the images the report shows or judges (a fixed number per prompt group) are read. While a dataset is no
+larger than those samples every figure is computed from all its rows.
 
 Sections whose inputs are absent (no curation scores, no reference set, no judge-readable prompts) say
 so instead of failing. Every number the HTML shows is in ``report.json``, which is deterministic: the
@@ -15,10 +19,9 @@ rounded to 6 significant digits).
 Sections (HTML ids): ``summary``, ``groups``, ``alignment``, ``diversity``, ``reference``, ``safety``,
 ``curation``, ``methods``.
 
-This module is the entry point (build, publish, write); the work is in
-``report_data`` (reading), ``report_reference``, ``report_alignment``, ``report_sections``,
-``report_curation`` (the sections), ``report_plots`` (figures) and ``report_settings``. Their names are
-re-exported here, so ``pipelines.report.build`` keeps its interface.
+This module is the entry point (build, publish, write); the work is in ``data`` (reading), ``decisions``
+and ``scan`` (the streamed passes), ``reference``, ``alignment``, ``sections``, ``curation``, ``radiology``
+(the sections), ``plots`` (figures) and ``settings``.
 """
 
 from __future__ import annotations
@@ -26,43 +29,39 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipelines.errors import SynthgenError
+from pipelines.io.store import Store
 from pipelines.report import metrics as M
-from pipelines.report.alignment import JudgeResult, alignment_section, run_judge, zero_shot
+from pipelines.report.alignment import JudgeResult, alignment_section, judge_image, judge_result, judge_setup, zero_shot
 from pipelines.report.curation import curation_section
-from pipelines.report.radiology import qc_section
-from pipelines.report.data import (
-    KNOWN_DECISION_COLUMNS,
-    Dataset,
-    DecisionView,
-    Samples,
-    ShardFiles,
-    decision_groups,
-    decision_view,
-    group_key,
-    iter_records,
-    load_dataset,
-    read_json,
-    read_pngs,
-)
+from pipelines.report.data import KNOWN_DECISION_COLUMNS, Dataset, ShardFiles, group_key, iter_records, load_dataset
+from pipelines.report.data import read_json, read_pngs
+from pipelines.report.decisions import read_decisions, read_timings
 from pipelines.report.plots import bar_h as _bar_h
 from pipelines.report.plots import curation_plots, fmt, get_plt, png_thumb, safety_plots, section_plots
 from pipelines.report.plots import group_attr_plot as _group_attr_plot
 from pipelines.report.plots import hist as _hist
 from pipelines.report.plots import rates_plot as _rates_plot
+from pipelines.report.radiology import qc_section
 from pipelines.report.reference import IMAGE_EXT, Reference, load_reference, reference_section
-from pipelines.report.sections import diversity_section, perceived_section, planned_by_group, safety_section, summary_section
-from pipelines.report.sections import metrics_error, nonfinite_samples
+from pipelines.report.scan import SampleScan, published_prompt_groups
+from pipelines.report.sections import diversity_section, metrics_error, perceived_section, safety_section
+from pipelines.report.sections import summary_section
 from pipelines.report.settings import (
     CLOSEST_PAIRS,
     DIST_SAMPLE,
+    EMB_PER_GROUP,
     FD_SAMPLE,
+    FLAGGED_LISTED,
     FLAGGED_SHOWN,
     GRID_PER_GROUP,
+    GROUP_SCORE_SAMPLE,
     JUDGE_PER_GROUP,
     MAX_ATTRS_PLOTTED,
     MAX_GROUPS_SHOWN,
@@ -73,22 +72,20 @@ from pipelines.report.settings import (
     REF_MAX,
     REPORT_FORMAT,
     REPORT_VERSION,
+    SCORE_SAMPLE,
     SEED,
     THUMB_MAX,
     ReportError,
 )
-from pipelines.errors import SynthgenError
-from pipelines.io.store import Store
 
 _plt, _png_thumb = get_plt, png_thumb  # the names tests and older callers use
 
 __all__ = [
     "CLOSEST_PAIRS", "DIST_SAMPLE", "FD_SAMPLE", "FLAGGED_SHOWN", "GRID_PER_GROUP", "IMAGE_EXT", "JUDGE_PER_GROUP",
     "KNOWN_DECISION_COLUMNS", "MAX_ATTRS_PLOTTED", "MAX_GROUPS_SHOWN", "MEMO_THRESHOLD", "N_BOOT", "NEAR_DUP_COS",
-    "PERCEIVED_ORDER", "REF_MAX", "REPORT_FORMAT", "REPORT_VERSION", "SEED", "THUMB_MAX", "Dataset", "DecisionView",
-    "JudgeResult", "Reference", "ReportError", "Samples", "ShardFiles", "build_report", 
-    "decision_view", "group_key", "iter_records", "load_dataset", "load_reference", "main", "publish_report",
-    "read_pngs", "report_bytes", "write_report",
+    "PERCEIVED_ORDER", "REF_MAX", "REPORT_FORMAT", "REPORT_VERSION", "SEED", "THUMB_MAX", "Dataset",
+    "JudgeResult", "Reference", "ReportError", "ShardFiles", "build_report", "group_key", "iter_records",
+    "load_dataset", "load_reference", "publish_report", "read_json", "read_pngs", "report_bytes", "write_report",
     # private names kept for the tests and older callers
     "_bar_h", "_group_attr_plot", "_hist", "_plt", "_png_thumb", "_rates_plot", "_select",
 ]
@@ -113,7 +110,8 @@ def _clean(obj: Any) -> Any:
 
 
 def _select(ids: list[int], sample_ids: list[str], salt: str, k: int) -> list[int]:
-    """Deterministic, content-independent choice of k samples: lowest sha256(salt|sample_id)."""
+    """Deterministic, content-independent choice of k samples: lowest sha256(salt|sample_id). The streamed
+    choice (:func:`pipelines.report.scan.rank`) picks the same samples without holding the ids."""
     def rank(i: int) -> str:
         return hashlib.sha256(f"{salt}|{sample_ids[i]}".encode()).hexdigest()
 
@@ -125,7 +123,10 @@ def _settings() -> dict[str, Any]:
             "dist_sample": DIST_SAMPLE, "fd_sample": FD_SAMPLE, "reference_max": REF_MAX,
             "memorisation_threshold": MEMO_THRESHOLD, "near_duplicate_cosine": NEAR_DUP_COS,
             "prdc_k": M.PRDC_K, "cmmd_sigma": M.CMMD_SIGMA, "cmmd_scale": M.CMMD_SCALE,
-            "bootstrap": {"resamples": N_BOOT, "level": 0.95, "seed": SEED}}
+            "bootstrap": {"resamples": N_BOOT, "level": 0.95, "seed": SEED},
+            "bounded_samples": {"score_values": SCORE_SAMPLE, "score_values_per_group": GROUP_SCORE_SAMPLE,
+                                "embeddings": DIST_SAMPLE, "embeddings_per_group": EMB_PER_GROUP,
+                                "flagged_listed": FLAGGED_LISTED, "selection": "lowest sha256 of the sample id"}}
 
 
 def _load_reference(ds: Dataset, reference: str | None, options: dict[str, Any] | None,
@@ -141,6 +142,43 @@ def _load_reference(ds: Dataset, reference: str | None, options: dict[str, Any] 
         return None, f"reference set {reference!r} could not be read: {e}"
 
 
+def _scan(ds: Dataset, ref: Reference | None, candidates: set[str]) -> SampleScan:
+    """Every shard once: records and embeddings into bounded aggregates (and top-1 cosines to the reference)."""
+    rem = None
+    if ref is not None:
+        try:
+            rem = M.normalise(ref.emb)
+        except M.NonFiniteError:  # the reference section names the rows
+            rem = None
+    scan = SampleScan(rem, candidates)
+    for sh in ds.shards:
+        scan.add_shard(ds, sh)
+    return scan.finish()
+
+
+def _images(ds: Dataset, scan: SampleScan, thumb_ids: dict[str, int]) -> tuple[dict[str, str], JudgeResult]:
+    """(thumbnails by sample id, the judge's result): one read of each shard holding an image the report
+    shows or judges; images are thumbnailed or judged as they are read, so a few are held at a time."""
+    plugin, specs, note = judge_setup([p.prompt for p in scan.judge])
+    judging = plugin is not None and any(specs.values())
+    judged_in = {}
+    for i, p in enumerate(scan.judge if judging else []):
+        judged_in.setdefault(p.shard, {})[p.sample_id] = i
+    thumbs: dict[str, str] = {}
+    verdicts: dict[int, dict[str, str]] = {}
+    for sh in ds.shards:
+        shown = {s for s, no in thumb_ids.items() if no == sh.no}
+        judged = judged_in.get(sh.no, {})
+        if not shown and not judged:
+            continue
+        for sid, png in read_pngs(ds.store, sh, shown | set(judged)).items():
+            if sid in shown:
+                thumbs[sid] = png_thumb(png)
+            if sid in judged:
+                verdicts[judged[sid]] = judge_image(plugin, png)
+    return {s: thumbs[s] for s in sorted(thumbs)}, judge_result(plugin, note, specs, verdicts)
+
+
 def build_report(store: Store, reference: str | None = None, *, index: dict[str, Any] | None = None,
                  reference_options: dict[str, Any] | None = None,
                  strict_reference: bool = False) -> tuple[dict[str, Any], str]:
@@ -148,66 +186,60 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
     (publish calls this before ``index.json`` exists); otherwise ``index.json`` is read. An unreadable
     ``reference`` is an error with ``strict_reference``, else the reference section says why it is empty."""
     ds = load_dataset(store, index)
-    s = ds.samples
-    dv = decision_view(ds.decisions)
-    idx_of = {sid: i for i, sid in enumerate(s.ids)}
-    by_group = s.rows_by_group()
-    dec_groups = decision_groups(ds, dv, idx_of) if dv is not None else []
-    planned = planned_by_group(dec_groups)
-    groups = sorted(set(by_group) | set(planned))
-
-    # reference first: it decides which images the closest-pair view needs
+    prompt_groups = ds.prompt_groups
+    if prompt_groups is None and ds.decision_keys:
+        prompt_groups = published_prompt_groups(ds)
+    dec = read_decisions(ds, prompt_groups)
+    tim = read_timings(ds)
+    # reference before the scan: every sample's top-1 cosine to it is taken as the shards stream by
     ref, ref_error = _load_reference(ds, reference, reference_options, strict_reference)
+    scan = _scan(ds, ref, set(dec.show_candidates()) if dec is not None else set())
+    planned = dec.planned if dec is not None else Counter()
+    groups = sorted(set(scan.kept) | set(planned))
+
     try:
-        ref_json, ref_extra = reference_section(ds, ref, ref_error, dv)
+        ref_json, ref_extra = reference_section(ds, ref, ref_error, dec, scan)
     except M.NonFiniteError as e:  # NaN/inf embeddings: the section names the samples instead of numbers
-        bad = {k: v for k, v in nonfinite_samples(ds).items() if k == "image_emb"} | (
+        bad = {k: v for k, v in scan.nonfinite().items() if k == "image_emb"} | (
             {"reference": [ref.ids[i] for i in M.nonfinite_rows(ref.emb)]}
             if ref is not None and M.nonfinite_rows(ref.emb) else {})
         ref_json, ref_extra = {"available": False, "note": "Reference metrics " + metrics_error(e, bad),
                                "non_finite_samples": bad}, {}
-    safety_json, flagged_rows = safety_section(ds, dv, idx_of)
+    safety_json, flagged_ids = safety_section(ds, dec, scan)
 
-    # the images the report shows or judges, read in one pass over the shards
-    grid = {g: _select(by_group[g], s.ids, "grid", GRID_PER_GROUP) for g in groups}
-    judge_rows = sorted(i for g in groups for i in _select(by_group[g], s.ids, "judge", JUDGE_PER_GROUP))
-    pair_rows = [p[0] for p in ref_extra.get("pairs", [])]
+    # the images the report shows or judges, read in one pass over the shards that hold them
+    grid = {g: scan.grid.get(g, []) for g in groups}
     shown_groups = groups[:MAX_GROUPS_SHOWN]
-    thumb_rows = set(pair_rows) | set(flagged_rows) | {i for g in shown_groups for i in grid[g]}
-    need = thumb_rows | set(judge_rows)
-    pngs: dict[int, bytes] = {}
-    for sh in ds.shards:
-        ids_here = {s.ids[i] for i in need if s.shard[i] == sh.no}
-        pngs |= {idx_of[k]: v for k, v in read_pngs(store, sh, ids_here).items()}
-    thumbs = {i: png_thumb(pngs[i]) for i in sorted(thumb_rows) if i in pngs}
-    jr = run_judge({i: pngs[i] for i in judge_rows if i in pngs}, s.prompt)
+    thumb_ids = {sid: shard for sid, _, _, shard in ref_extra.get("pairs", [])}
+    thumb_ids |= {sid: scan.found[sid] for sid in flagged_ids}
+    thumb_ids |= {p.sample_id: p.shard for g in shown_groups for p in grid[g]}
+    thumbs, jr = _images(ds, scan, thumb_ids)
     try:
-        zs = zero_shot(ds, sorted(jr.verdicts), jr.plugin) if jr.available else ({}, "")
+        zs = zero_shot(ds, scan, sorted(jr.verdicts), jr.plugin) if jr.available else ({}, "")
     except M.NonFiniteError as e:
-        zs = ({}, "CLIP zero-shot labels " + metrics_error(e, {k: v for k, v in nonfinite_samples(ds).items()
+        zs = ({}, "CLIP zero-shot labels " + metrics_error(e, {k: v for k, v in scan.nonfinite().items()
                                                                if k == "image_emb"}))
-    del pngs
 
-    perceived, source = perceived_section(groups, by_group, ds, dv, dec_groups, jr)
+    perceived, source = perceived_section(groups, scan, ds, dec, jr)
     plt = get_plt()
-    summary = summary_section(ds, dv)
+    summary = summary_section(ds, dec, tim, scan)
     try:
-        alignment = alignment_section(ds, groups, by_group, jr, zs)
+        alignment = alignment_section(groups, scan, jr, zs)
     except M.NonFiniteError as e:  # the judge-vs-CLIPScore numbers need finite scores: name the samples
-        bad = {k: v for k, v in nonfinite_samples(ds).items() if k == "clip_score"}
-        alignment = alignment_section(ds, groups, by_group, JudgeResult(False), ({}, ""))
+        bad = {k: v for k, v in scan.nonfinite().items() if k == "clip_score"}
+        alignment = alignment_section(groups, scan, JudgeResult(False), ({}, ""))
         alignment["judge"] |= {"note": "judge agreement and CLIPScore AUC " + metrics_error(e, bad),
                                "non_finite_samples": bad}
-    diversity = diversity_section(ds, groups, by_group, dv)
+    diversity = diversity_section(ds, groups, scan, dec)
     curation = curation_section(ds)
-    finding_qc = qc_section(ds)
+    finding_qc = qc_section(ds, dec)
 
     group_rows = [{
-        "group": g, "attributes": ds.group_attrs.get(g, {}), "planned": planned.get(g),
-        "kept": len(by_group[g]), "clipscore": alignment["clipscore"]["per_group"][g],
+        "group": g, "attributes": scan.group_attrs.get(g, {}), "planned": planned.get(g) if dec is not None else None,
+        "kept": scan.kept.get(g, 0), "clipscore": alignment["clipscore"]["per_group"][g],
         "vendi": (diversity["vendi"].get("per_group") or {}).get(g),
         "judge_all_correct": (alignment["judge"].get("per_group_all_specified_correct") or {}).get(g),
-        "grid": [s.ids[i] for i in grid[g]],
+        "grid": [p.sample_id for p in grid[g]],
         "perceived": perceived.get(g),
     } for g in groups]
     report = _clean({
@@ -218,8 +250,8 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
     })
 
     # ---- HTML
-    plots = section_plots(plt, ds, dv, shown_groups, by_group, summary, alignment, diversity, ref_extra)
-    safety_figs = safety_plots(plt, dv, safety_json)
+    plots = section_plots(plt, scan, dec, shown_groups, summary, alignment, diversity, ref_extra)
+    safety_figs = safety_plots(plt, dec, safety_json)
     group_plots = {row["group"]: _group_attr_plot(plt, row["perceived"])
                    for row in report["groups"]["rows"][:MAX_GROUPS_SHOWN] if row.get("perceived")}
     cur_plots = curation_plots(plt, curation)
@@ -227,12 +259,12 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
     pairs_view = []
     if ref is not None and ref_extra.get("pairs"):
         ref_png = ref.pngs([p[1] for p in ref_extra["pairs"]])
-        for gi, ri, cos in ref_extra["pairs"]:
-            pairs_view.append({"sample_id": s.ids[gi], "reference_id": ref.ids[ri], "cosine": cos,
-                               "gen": thumbs.get(gi), "ref": png_thumb(ref_png[ri]) if ri in ref_png else None})
-    flagged_view = [{"sample_id": s.ids[i], "img": thumbs.get(i)} for i in flagged_rows]
-    grids = {g: [{"sample_id": s.ids[i], "clip": s.clip[i], "prompt": s.prompt[i], "img": thumbs.get(i)}
-                 for i in grid[g]] for g in shown_groups}
+        for sid, ri, cos, _ in ref_extra["pairs"]:
+            pairs_view.append({"sample_id": sid, "reference_id": ref.ids[ri], "cosine": cos,
+                               "gen": thumbs.get(sid), "ref": png_thumb(ref_png[ri]) if ri in ref_png else None})
+    flagged_view = [{"sample_id": sid, "img": thumbs.get(sid)} for sid in flagged_ids]
+    grids = {g: [{"sample_id": p.sample_id, "clip": p.clip, "prompt": p.prompt, "img": thumbs.get(p.sample_id)}
+                 for p in grid[g]] for g in shown_groups}
     html = _render(r=report, plots=plots, group_plots=group_plots, grids=grids, pairs=pairs_view,
                    flagged=flagged_view, safety_plots=safety_figs, cur_plots=cur_plots, shown_groups=shown_groups,
                    max_groups=MAX_GROUPS_SHOWN, M=M, settings=report["settings"])

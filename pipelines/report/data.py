@@ -1,18 +1,17 @@
 """Reading a published dataset for the audit report, through :class:`~pipelines.io.store.Store` so any fsspec
-URL works: the index's shards (Parquet or webdataset tar, streamed one at a time), the light per-sample
-columns, the embeddings, and a defensive view of ``decisions.parquet`` (whatever extra columns curation
-wrote). Images stay in the shards until :func:`read_pngs` fetches the few the report shows or judges."""
+URL works, without holding anything per sample: the index's shards (Parquet or webdataset tar) one at a
+time, the embeddings of one shard at a time, the decisions and timings parts a batch at a time, and a
+defensive flattening of whatever extra columns curation wrote into decisions. Images stay in the shards
+until :func:`read_pngs` fetches the few the report shows or judges."""
 
 from __future__ import annotations
 
 import io
 import json
 import re
-import sys
 import tarfile
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.contracts.decisions import DECISIONS, TIMINGS, parts
-from pipelines.curation.groups import group_key  # noqa: F401 - the one group key (curation's), re-exported
-from pipelines.report.settings import ReportError
+from pipelines.curation.groups import group_key  # the one group key (curation's)
+from pipelines.io.retry import retry_call
 from pipelines.io.store import Store
+from pipelines.report.settings import BATCH_ROWS, ReportError
 
 KNOWN_DECISION_COLUMNS = {"sample_id", "prompt_id", "kept", "reasons", "flags", "stage", "clip_score"}
 # what an extra decisions column (or a rejection reason) is about, judged by its name
@@ -31,6 +31,10 @@ REFSIM = re.compile(r"(ref|reference|protected|memor).*(sim|top1|top_1|cos)|(sim
                     re.I)
 DUPSIM = re.compile(r"dup|near|nn_sim|nn_cos|nn_distance|neighbo|prior_top1", re.I)
 _ATTR = re.compile(r"attr|perceived|zero_shot|zeroshot|zs_", re.I)
+
+__all__ = ["DUPSIM", "KNOWN_DECISION_COLUMNS", "REFSIM", "SAFETY", "Dataset", "Extra", "ShardFiles", "attr_name",
+           "emb_matrix", "extra_columns", "group_key", "iter_batches", "iter_records", "load_dataset", "not_none",
+           "read_json", "read_parquet", "read_pngs", "shard_embeddings"]
 
 
 # ============================================================================ helpers
@@ -48,19 +52,37 @@ def read_json(store: Store, key: str) -> Any | None:
 
 
 def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pa.Table | None:
-    """The table at ``key`` (None when absent); requested columns the file lacks are skipped."""
+    """The table at ``key`` (None when absent); requested columns the file lacks are skipped. Only the
+    columns asked for are read (a shard's images stay on the store when its records are read)."""
     if not store.exists(key):
         return None
-    # Whole-object reads go through the store's retries (a flaky bucket must not break the report).
-    pf = pq.ParquetFile(io.BytesIO(store.read_bytes(key)))
-    cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
-    return pf.read(columns=cols)
+
+    def go() -> pa.Table:
+        with store.fs.open(store.path(key), "rb") as f:
+            pf = pq.ParquetFile(f)
+            cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+            return pf.read(columns=cols)
+
+    return retry_call(go, what=f"{store.url.rstrip('/')}/{key}", attempts=store.retries,
+                      base_delay=store.retry_base_delay)
 
 
-def read_parts(store: Store, index: dict[str, Any], name: str, columns: list[str] | None = None) -> pa.Table | None:
-    """A per-sample table the workers wrote as parts (``decisions.parquet/part-*``), or an older single file."""
-    tables = [t for t in (read_parquet(store, k, columns) for k in parts(index, name)) if t is not None]
-    return pa.concat_tables(tables, promote_options="default") if tables else None
+def iter_batches(store: Store, keys: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The rows of a table written as parts (``decisions.parquet/part-*``, or an older single file), a batch
+    at a time: memory is one part's bytes plus one batch, whatever the number of rows."""
+    for key in keys:
+        if not store.exists(key):
+            continue
+        pf = pq.ParquetFile(io.BytesIO(store.read_bytes(key)))  # whole-object read: the store's retries
+        yield from pf.iter_batches(batch_size=batch_rows)
+
+
+def part_columns(store: Store, keys: list[str]) -> set[str]:
+    """Column names of the first part present (the parts of one table share a schema)."""
+    for key in keys:
+        if store.exists(key):
+            return set(pq.ParquetFile(io.BytesIO(store.read_bytes(key))).schema_arrow.names)
+    return set()
 
 
 def emb_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -70,6 +92,12 @@ def emb_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return np.zeros((0, 0), np.float32)
     flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return flat.reshape(len(arr), -1)
+
+
+def attr_name(column: str) -> str:
+    """'attr_colour' / 'perceived.colour' / 'zero_shot_colour' -> 'colour'."""
+    name = column.rsplit(".", 1)[-1]
+    return re.sub(r"^(attr(ibute)?s?|perceived|zero_?shot|zs)[_.-]?", "", name, flags=re.I) or name
 
 
 # ============================================================================ shards
@@ -97,7 +125,7 @@ def _shard_files(index: dict[str, Any]) -> list[ShardFiles]:
 
 def _iter_tar(store: Store, key: str, want: set[str]) -> Iterator[tuple[str, str, bytes]]:
     """(key, extension, bytes) of a webdataset tar's members with an extension in ``want``, streamed."""
-    with tarfile.open(fileobj=io.BytesIO(store.read_bytes(key)), mode="r|") as tf:
+    with store.fs.open(store.path(key), "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
         for member in tf:
             if not member.isfile():
                 continue
@@ -116,6 +144,17 @@ def iter_records(store: Store, shard: ShardFiles) -> Iterator[dict[str, Any]]:
     elif shard.tar:
         for _, _, data in _iter_tar(store, shard.tar, {"json"}):
             yield json.loads(data)
+
+
+def shard_embeddings(store: Store, shard: ShardFiles, ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(image, text) embeddings of one shard's samples, rows in ``ids`` order; (None, None) if not published."""
+    if not shard.emb:
+        return None, None
+    t = read_parquet(store, shard.emb, ["sample_id", "image_emb", "text_emb"])
+    if t is None or t.column("sample_id").to_pylist() != ids:
+        raise ReportError(f"{shard.emb}: rows do not line up with shard {shard.no}")
+    return emb_matrix(t.column("image_emb")), (emb_matrix(t.column("text_emb")) if "text_emb" in t.column_names
+                                               else None)
 
 
 def read_pngs(store: Store, shard: ShardFiles, ids: set[str]) -> dict[str, bytes]:
@@ -141,159 +180,124 @@ def read_pngs(store: Store, shard: ShardFiles, ids: set[str]) -> dict[str, bytes
 
 
 @dataclass
-class Samples:
-    """Per published sample, in publish order: light columns only."""
-
-    ids: list[str] = field(default_factory=list)
-    group: list[str] = field(default_factory=list)
-    prompt: list[str] = field(default_factory=list)
-    clip: list[float] = field(default_factory=list)
-    pixel: list[str] = field(default_factory=list)
-    shard: list[int] = field(default_factory=list)
-    img_emb: np.ndarray | None = None
-    txt_emb: np.ndarray | None = None
-
-    def rows_by_group(self) -> defaultdict[str, list[int]]:
-        """Sample rows of each prompt group, ascending; a group without published samples reads as []."""
-        out: defaultdict[str, list[int]] = defaultdict(list)
-        for i, g in enumerate(self.group):
-            out[g].append(i)
-        return out
-
-
-@dataclass
 class Dataset:
+    """What the report reads whole: the index, provenance, curation.json and the manifest's prompt groups
+    (one entry per prompt, not per sample). Samples, decisions and timings are streamed."""
+
     store: Store
     index: dict[str, Any]
     provenance: dict[str, Any]
     shards: list[ShardFiles]
-    samples: Samples
-    decisions: pa.Table | None
-    timings: pa.Table | None
-    manifest: pa.Table | None
     curation: Any | None
-    group_attrs: dict[str, dict[str, str]]
+    prompt_groups: dict[str, str] | None  # prompt_id -> group, from manifest.parquet (None: no manifest)
+
+    @property
+    def decision_keys(self) -> list[str]:
+        return parts(self.index, DECISIONS)
+
+    @property
+    def timing_keys(self) -> list[str]:
+        return parts(self.index, TIMINGS)
 
 
 def load_dataset(store: Store, index: dict[str, Any] | None = None) -> Dataset:
-    """Everything light plus the embeddings; images stay in the shards."""
+    """The light parts of a published dataset; images, embeddings and per-sample tables stay where they are."""
     if index is None:
         index = read_json(store, "index.json")
         if index is None:
             raise ReportError(f"{store.url}: no index.json (not a published synthgen dataset, or not finished)")
-    provenance = read_json(store, "provenance.json") or {}
-    shards = _shard_files(index)
-    s = Samples()
-    group_attrs: dict[str, dict[str, str]] = {}
-    embs_i, embs_t = [], []
-    for sh in shards:
-        ids_here = []
-        for rec in iter_records(store, sh):
-            g = group_key(rec.get("attributes"))
-            group_attrs.setdefault(g, dict(rec.get("attributes") or {}))
-            s.ids.append(rec["sample_id"])
-            ids_here.append(rec["sample_id"])
-            s.group.append(sys.intern(g))  # one string object per group / prompt, not per sample
-            s.prompt.append(sys.intern(rec.get("prompt", "")))
-            s.clip.append(float((rec.get("clip") or {}).get("score", float("nan"))))
-            s.pixel.append((rec.get("image") or {}).get("pixel_sha256", ""))
-            s.shard.append(sh.no)
-        if sh.emb:
-            t = read_parquet(store, sh.emb, ["sample_id", "image_emb", "text_emb"])
-            if t.column("sample_id").to_pylist() != ids_here:
-                raise ReportError(f"{sh.emb}: rows do not line up with shard {sh.no}")
-            embs_i.append(emb_matrix(t.column("image_emb")))
-            if "text_emb" in t.column_names:
-                embs_t.append(emb_matrix(t.column("text_emb")))
-    if embs_i and sum(len(e) for e in embs_i) == len(s.ids):
-        s.img_emb = np.concatenate(embs_i)
-        if embs_t and sum(len(e) for e in embs_t) == len(s.ids):
-            s.txt_emb = np.concatenate(embs_t)
-    return Dataset(store, index, provenance, shards, s, read_parts(store, index, DECISIONS),
-                   read_parts(store, index, TIMINGS), read_parquet(store, "manifest.parquet"),
-                   read_json(store, "curation.json"), group_attrs)
-
-
-def prompt_groups(ds: Dataset) -> dict[str, str]:
-    """prompt_id -> prompt group, from the manifest (covers prompts none of whose samples were published)."""
-    if ds.manifest is None or "prompt_id" not in ds.manifest.column_names:
-        return {}
-    attrs = ds.manifest.column("attributes").to_pylist() if "attributes" in ds.manifest.column_names else \
-        [None] * ds.manifest.num_rows
-    return {p: group_key(a) for p, a in zip(ds.manifest.column("prompt_id").to_pylist(), attrs)}
+    manifest = read_parquet(store, "manifest.parquet", ["prompt_id", "attributes"])
+    groups = None
+    if manifest is not None and "prompt_id" in manifest.column_names:
+        attrs = manifest.column("attributes").to_pylist() if "attributes" in manifest.column_names else \
+            [None] * manifest.num_rows
+        groups = {p: group_key(a) for p, a in zip(manifest.column("prompt_id").to_pylist(), attrs)}
+    return Dataset(store, index, read_json(store, "provenance.json") or {}, _shard_files(index),
+                   read_json(store, "curation.json"), groups)
 
 
 # ============================================================================ decisions (defensive)
 
 
-def _flatten_columns(t: pa.Table) -> dict[str, list[Any]]:
-    """Extra decision columns flattened one level (struct fields, map keys) to python lists."""
-    out: dict[str, list[Any]] = {}
-    for name in t.column_names:
-        if name in KNOWN_DECISION_COLUMNS:
-            continue
-        col = t.column(name)
-        typ = col.type
-        if pa.types.is_struct(typ):
-            for i in range(typ.num_fields):
-                sub = pa.chunked_array([c.field(i) for c in col.chunks], typ.field(i).type)
-                out[f"{name}.{typ.field(i).name}"] = sub.to_pylist()
-        elif pa.types.is_map(typ):
-            vals = col.to_pylist()
-            keys = sorted({k for v in vals if v for k, _ in v})
-            for k in keys:
-                out[f"{name}.{k}"] = [dict(v).get(k) if v else None for v in vals]
-        elif pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_binary(typ):
-            continue
-        else:
-            out[name] = col.to_pylist()
+@dataclass
+class Extra:
+    """One extra decisions column (a struct field or map key flattened to ``column.key``) in one batch:
+    the rows where it has a value and those values. ``kind``: score (numbers), label (strings that name a
+    perceived attribute) or flag (booleans)."""
+
+    kind: str
+    rows: np.ndarray
+    values: np.ndarray | list[Any]
+
+
+def _kind(name: str, typ: pa.DataType) -> str | None:
+    if pa.types.is_boolean(typ):
+        return "flag"
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        return "score"
+    if (pa.types.is_string(typ) or pa.types.is_large_string(typ)) and _ATTR.search(name):
+        return "label"
+    return None
+
+
+def _extra(name: str, arr: pa.Array, rows: np.ndarray | None = None) -> Extra | None:
+    """The present values of one flat column (``rows``: the batch row of each entry, default its index)."""
+    kind = _kind(name, arr.type)
+    if kind is None:
+        return None
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), bool)
+    at = (np.arange(len(arr)) if rows is None else rows)[valid]
+    present = arr.filter(pa.array(valid))
+    if kind == "score":
+        vals: Any = present.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    elif kind == "flag":
+        vals = np.asarray(present.to_numpy(zero_copy_only=False), bool)
+    else:
+        vals = present.to_pylist()
+    return Extra(kind, at, vals)
+
+
+def _map_entries(name: str, col: pa.MapArray) -> dict[str, Extra]:
+    """A map column as one column per key (``name.key``); a key given twice in one row: its last value."""
+    import pyarrow.compute as pc
+
+    as_list = col.cast(pa.list_(pa.struct([col.type.key_field, col.type.item_field])))
+    entries = pc.list_flatten(as_list)  # key/value structs of the rows that have a map, in row order
+    row_of = np.asarray(pc.list_parent_indices(as_list).to_numpy(zero_copy_only=False), np.int64)
+    keys, items = entries.flatten()
+    by_key: dict[str, list[int]] = {}
+    for j, k in enumerate(keys.to_pylist()):
+        by_key.setdefault(k, []).append(j)
+    out: dict[str, Extra] = {}
+    for k in sorted(by_key):
+        js = np.asarray(by_key[k], np.int64)
+        r = row_of[js]
+        last = np.sort(len(r) - 1 - np.unique(r[::-1], return_index=True)[1])  # one entry per row: the last
+        e = _extra(f"{name}.{k}", items.take(pa.array(js[last])), r[last])
+        if e is not None:
+            out[f"{name}.{k}"] = e
     return out
 
 
-@dataclass
-class DecisionView:
-    sample_ids: list[str]
-    prompt_ids: list[str]
-    kept: list[bool]
-    reasons: list[list[str]]  # why a sample was not kept
-    flag_lists: list[list[str]]  # findings on samples kept with a flag (the ``flags`` column)
-    clip: list[float | None]
-    scores: dict[str, list[float | None]]  # numeric extra columns
-    labels: dict[str, list[str | None]]  # string extra columns that look like perceived attributes
-    flags: dict[str, list[bool | None]]  # boolean extra columns
-
-
-def decision_view(t: pa.Table | None) -> DecisionView | None:
-    if t is None or "sample_id" not in t.column_names:
-        return None
-    n = t.num_rows
-
-    def get(c: str, d: Any) -> list[Any]:
-        return t.column(c).to_pylist() if c in t.column_names else [d] * n
-
-    scores, labels, flags = {}, {}, {}
-    for name, vals in _flatten_columns(t).items():
-        present = not_none(vals)
-        if present and all(isinstance(v, bool) for v in present):
-            flags[name] = vals
-        elif present and all(isinstance(v, (int, float)) for v in present):
-            scores[name] = [None if v is None else float(v) for v in vals]
-        elif present and all(isinstance(v, str) for v in present) and _ATTR.search(name):
-            labels[name] = vals
-    reasons = [list(r or []) for r in get("reasons", [])]
-    flag_lists = [list(f or []) if isinstance(f, list) else [] for f in get("flags", [])]
-    return DecisionView(get("sample_id", None), get("prompt_id", ""), [bool(k) for k in get("kept", True)],
-                        reasons, flag_lists, get("clip_score", None), scores, labels, flags)
-
-
-def decision_groups(ds: Dataset, dv: DecisionView, idx_of: dict[str, int]) -> list[str | None]:
-    """The prompt group of every decisions row: its published sample's, else its prompt's (None: unknown)."""
-    pg = prompt_groups(ds)
-    return [ds.samples.group[idx_of[sid]] if sid in idx_of else pg.get(pid)
-            for sid, pid in zip(dv.sample_ids, dv.prompt_ids)]
-
-
-def attr_name(column: str) -> str:
-    """'attr_colour' / 'perceived.colour' / 'zero_shot_colour' -> 'colour'."""
-    name = column.rsplit(".", 1)[-1]
-    return re.sub(r"^(attr(ibute)?s?|perceived|zero_?shot|zs)[_.-]?", "", name, flags=re.I) or name
+def extra_columns(batch: pa.RecordBatch) -> dict[str, Extra]:
+    """Extra decision columns of one batch, flattened one level (struct fields, map keys); lists and
+    binary columns are skipped. Only values that are present are returned."""
+    out: dict[str, Extra] = {}
+    for name, col in zip(batch.schema.names, batch.columns):
+        if name in KNOWN_DECISION_COLUMNS:
+            continue
+        typ = col.type
+        if pa.types.is_struct(typ):
+            for i in range(typ.num_fields):
+                e = _extra(f"{name}.{typ.field(i).name}", col.field(i))
+                if e is not None:
+                    out[f"{name}.{typ.field(i).name}"] = e
+        elif pa.types.is_map(typ):
+            out |= _map_entries(name, col)
+        elif pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_binary(typ):
+            continue
+        else:
+            e = _extra(name, col)
+            if e is not None:
+                out[name] = e
+    return out

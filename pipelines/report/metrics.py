@@ -28,8 +28,8 @@ Everything that touches n x m distances works in row blocks, so memory is O(bloc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -51,10 +51,12 @@ BOOT_CHUNK = 2_000_000  # values resampled at a time by the bootstrap
 class NonFiniteError(ValueError):
     """A metric's input holds NaN or inf; ``rows`` are the offending row indices of that input."""
 
-    def __init__(self, what: str, rows: list[int], n: int):
+    def __init__(self, what: str, rows: list[int], n: int, count: int | None = None):
+        """``rows``: the offending rows (or the first of them, with ``count`` saying how many there are)."""
         self.what, self.rows, self.n = what, rows, n
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-        super().__init__(f"{what}: non-finite values (NaN or inf) in {len(rows)} of {n} rows: {shown}")
+        count = len(rows) if count is None else count
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if count > 10 else "")
+        super().__init__(f"{what}: non-finite values (NaN or inf) in {count} of {n} rows: {shown}")
 
 
 def nonfinite_rows(x: np.ndarray | Sequence[float]) -> list[int]:
@@ -256,12 +258,17 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarra
 def proportions_ci(labels: Sequence[str], categories: Sequence[str] | None = None, n_boot: int = 1000,
                    level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
     """Share of each category with a percentile bootstrap interval (:func:`share_intervals`)."""
-    labels = list(labels)
-    cats = list(categories) if categories is not None else sorted(set(labels))
-    counts = np.array([labels.count(c) for c in cats], np.int64)
-    p, lo, hi, _ = share_intervals(counts, n_boot, level, seed)
-    return {c: {"share": float(p[i]), "lo": float(lo[i]), "hi": float(hi[i]), "count": int(counts[i])}
-            for i, c in enumerate(cats)}
+    return proportions_from_counts(Counter(labels), categories, n_boot, level, seed)
+
+
+def proportions_from_counts(counts: Mapping[str, int], categories: Sequence[str] | None = None, n_boot: int = 1000,
+                            level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """:func:`proportions_ci` from counts per category (what a streamed pass keeps instead of the labels)."""
+    cats = list(categories) if categories is not None else sorted(k for k, v in counts.items() if v)
+    c = np.array([counts.get(k, 0) for k in cats], np.int64)
+    p, lo, hi, _ = share_intervals(c, n_boot, level, seed)
+    return {k: {"share": float(p[i]), "lo": float(lo[i]), "hi": float(hi[i]), "count": int(c[i])}
+            for i, k in enumerate(cats)}
 
 
 def summary(values: Sequence[float] | np.ndarray, seed: int = 0) -> dict[str, float]:

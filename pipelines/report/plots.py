@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.report.data import Dataset, DecisionView, not_none, prompt_groups
+from pipelines.report.decisions import DecisionStats
+from pipelines.report.scan import SampleScan
 from pipelines.report.settings import MAX_ATTRS_PLOTTED, MEMO_THRESHOLD, THUMB_MAX
+from pipelines.report.stream import ScoreStats
 
 
 def _data_uri(png: bytes) -> str:
@@ -143,22 +145,14 @@ def _uniformity_note(p: dict[str, Any], attr: str) -> str:
     return ""
 
 
-def clip_box(plt: Any, ds: Dataset, groups: list[str], by_group: dict[str, list[int]],
-             dv: DecisionView | None) -> str | None:
-    """CLIPScore per group: kept samples, and all generated ones (by prompt) when decisions are known."""
-    s = ds.samples
-    if not s.ids:
+def clip_box(plt: Any, scan: SampleScan, dec: DecisionStats | None, groups: list[str]) -> str | None:
+    """CLIPScore per group: kept samples, and all generated ones (by prompt) when decisions are known (each
+    from the group's bounded sample of scores)."""
+    if not scan.n:
         return None
-    after = [[s.clip[i] for i in by_group[grp]] for grp in groups]
-    before = None
-    if dv is not None:
-        pg = prompt_groups(ds)
-        gi = {g: k for k, g in enumerate(groups)}
-        before = [[] for _ in groups]
-        for pid, c in zip(dv.prompt_ids, dv.clip):
-            g = pg.get(pid)
-            if c is not None and g in gi:
-                before[gi[g]].append(c)
+    none = ScoreStats(0)
+    after = [scan.clip_by_group.get(g, none).values() for g in groups]
+    before = None if dec is None else [dec.clip_by_group.get(g, none).values() for g in groups]
     fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(groups) + 1.0))
     pos = np.arange(len(groups))
     import matplotlib
@@ -166,9 +160,9 @@ def clip_box(plt: Any, ds: Dataset, groups: list[str], by_group: dict[str, list[
     horiz = {"orientation": "horizontal"} if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10) \
         else {"vert": False}
     if before is not None:
-        ax.boxplot([b for b in before], positions=pos - 0.18, widths=0.3, **horiz,
+        ax.boxplot([list(b) for b in before], positions=pos - 0.18, widths=0.3, **horiz,
                    patch_artist=True, boxprops={"facecolor": "#4C72B0", "alpha": 0.6}, showfliers=False)
-    ax.boxplot([a for a in after], positions=pos + (0.18 if before is not None else 0), widths=0.3,
+    ax.boxplot([list(a) for a in after], positions=pos + (0.18 if before is not None else 0), widths=0.3,
                **horiz, patch_artist=True, boxprops={"facecolor": "#DD8452", "alpha": 0.8}, showfliers=False)
     ax.set_yticks(pos, groups, fontsize=7)
     ax.invert_yaxis()
@@ -177,20 +171,27 @@ def clip_box(plt: Any, ds: Dataset, groups: list[str], by_group: dict[str, list[
     return _fig_uri(fig)
 
 
-def hist(plt: Any, series: list[tuple[str, np.ndarray, str]], title: str, xlabel: str,
-         vline: float | None = None) -> str | None:
-    series = [(n, v[np.isfinite(v)], c) for n, v, c in ((n, np.asarray(v, np.float64), c) for n, v, c in series)]
-    series = [x for x in series if len(x[1])]
-    if not series:
+def hist(plt: Any, series: list[tuple[Any, ...]], title: str, xlabel: str, vline: float | None = None) -> str | None:
+    """Density histograms of (name, values, colour[, n]) series; ``n``: the finite values the series has in
+    all when ``values`` is a sample of them (the legend says so)."""
+    rows = []
+    for name, v, color, *total in series:
+        v = np.asarray(v, np.float64)
+        v = v[np.isfinite(v)]
+        n = total[0] if total and total[0] is not None else len(v)
+        rows.append((f"{name} (n={n})" if n == len(v) else f"{name} (n={n}; density from a sample of {len(v)})",
+                     v, color))
+    rows = [x for x in rows if len(x[1])]
+    if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
-    lo = min(float(v.min()) for _, v, _ in series)
-    hi = max(float(v.max()) for _, v, _ in series)
+    lo = min(float(v.min()) for _, v, _ in rows)
+    hi = max(float(v.max()) for _, v, _ in rows)
     if vline is not None:
         lo, hi = min(lo, vline), max(hi, vline)
     bins = np.linspace(lo, hi if hi > lo else lo + 1e-3, 41)
-    for name, v, color in series:
-        ax.hist(v, bins=bins, alpha=0.6, label=f"{name} (n={len(v)})", color=color, density=True)
+    for label, v, color in rows:
+        ax.hist(v, bins=bins, alpha=0.6, label=label, color=color, density=True)
     if vline is not None:
         ax.axvline(vline, color="#C44E52", ls="--", lw=1.2, label=f"threshold {vline:g}")
     ax.set_xlabel(xlabel)
@@ -241,17 +242,16 @@ def curation_plot(plt: Any, title: str, series: list[tuple[str, dict[str, float]
 # ============================================================================ the report's figure sets
 
 
-def section_plots(plt: Any, ds: Dataset, dv: DecisionView | None, shown_groups: list[str],
-                  by_group: dict[str, list[int]], summary: dict[str, Any], alignment: dict[str, Any],
-                  diversity: dict[str, Any], ref_extra: dict[str, Any]) -> dict[str, str | None]:
+def section_plots(plt: Any, scan: SampleScan, dec: DecisionStats | None, shown_groups: list[str],
+                  summary: dict[str, Any], alignment: dict[str, Any], diversity: dict[str, Any],
+                  ref_extra: dict[str, Any]) -> dict[str, str | None]:
     """The figures of the summary, alignment, diversity and reference sections, by template name."""
-    s = ds.samples
     plots: dict[str, Any] = {}
     plots["stages"] = bar_h(plt, {k: v for k, v in summary["stage_seconds"].items()}, "Time per stage", "seconds")
     plots["rejections"] = bar_h(plt, summary["rejections"], "Rejections by reason", "samples", "#C44E52")
-    plots["clip_groups"] = clip_box(plt, ds, shown_groups, by_group, dv)
-    plots["clip_hist"] = hist(plt, [("kept", np.asarray(s.clip), "#DD8452")] + (
-        [("all generated", np.asarray(not_none(dv.clip)), "#4C72B0")] if dv else []),
+    plots["clip_groups"] = clip_box(plt, scan, dec, shown_groups)
+    plots["clip_hist"] = hist(plt, [("kept", scan.clip.values(), "#DD8452", scan.clip.n)] + (
+        [("all generated", dec.clip.values(), "#4C72B0", dec.clip.n)] if dec else []),
         "CLIPScore distribution", "CLIPScore = 100·max(cos(image, text), 0)")
     j = alignment["judge"]
     plots["judge_rates"] = rates_plot(plt, j.get("prompt_agreement") or {},
@@ -266,21 +266,22 @@ def section_plots(plt: Any, ds: Dataset, dv: DecisionView | None, shown_groups: 
     plots["vendi"] = bar_h(plt, {g: vg[g]["score"] for g in shown_groups if g in vg and vg[g]["score"] is not None},
                            "Vendi score per group (1 = no diversity)", "Vendi score", "#8172B3", base=1.0)
     if "top1" in ref_extra:
-        plots["memorisation"] = hist(plt, [("generated → reference", ref_extra["top1"], "#DD8452"),
+        top, n = ref_extra["top1"]
+        plots["memorisation"] = hist(plt, [("generated → reference", top, "#DD8452", n),
                                            ("reference → reference (baseline)", ref_extra["baseline"], "#4C72B0")],
                                      "Top-1 cosine similarity to the reference set", "cosine", MEMO_THRESHOLD)
-    for k, v in (ref_extra.get("curation_sims") or {}).items():
-        plots[f"curation_ref::{k}"] = hist(plt, [(k, v, "#DD8452")], f"{k} (from decisions.parquet)", "similarity",
+    for k, (v, n) in (ref_extra.get("curation_sims") or {}).items():
+        plots[f"curation_ref::{k}"] = hist(plt, [(k, v, "#DD8452", n)], f"{k} (from decisions.parquet)", "similarity",
                                            MEMO_THRESHOLD)
     return plots
 
 
-def safety_plots(plt: Any, dv: DecisionView | None, safety: dict[str, Any]) -> list[str]:
+def safety_plots(plt: Any, dec: DecisionStats | None, safety: dict[str, Any]) -> list[str]:
     """Score histograms of (at most 8) safety columns, each with its threshold when curation names one."""
     out = []
-    if dv is not None:
+    if dec is not None:
         for k in list(safety.get("scores") or {})[:8]:
-            out.append(hist(plt, [(k, np.asarray(not_none(dv.scores[k])), "#C44E52")],
+            out.append(hist(plt, [(k, dec.scores[k].values(), "#C44E52", dec.scores[k].n)],
                             k, "score", (safety.get("thresholds") or {}).get(k)))
     return [p for p in out if p]
 

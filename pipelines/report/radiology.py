@@ -1,32 +1,25 @@
 """The audit report's finding-QC section (radiology jobs): agreement per finding, a confusion matrix
 per finding (the laterality one among them), and the samples QC rejected, from ``curation.json``
-and the decisions table. Rejected images are not published, so they are listed with what was
-stated and what the classifier read, not shown."""
+and the decisions table (counted in its one streamed pass, :mod:`pipelines.report.decisions`).
+Rejected images are not published, so they are listed with what was stated and what the classifier
+read, not shown."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pipelines.report.data import Dataset
+from pipelines.report.decisions import DecisionStats
 
-MAX_REJECTED_SHOWN = 50
 
-
-def qc_section(ds: Dataset) -> dict[str, Any]:
+def qc_section(ds: Dataset, dec: DecisionStats | None) -> dict[str, Any]:
     qc = (ds.curation or {}).get("qc") if isinstance(ds.curation, dict) else None
     if not qc:
         return {"available": False, "note": "no finding QC in this job (curation.qc not set)"}
     out: dict[str, Any] = {"available": True, "classifier": qc.get("classifier"), "mode": qc.get("mode"),
                            "agreement": qc.get("agreement", {}), "confusion": _matrices(qc.get("confusion", {}))}
-    rejected = []
-    table = ds.decisions
-    if table is not None and {"reasons", "qc_pred"} <= set(table.column_names):
-        for row in table.select(["sample_id", "reasons", "qc_pred"]).to_pylist():
-            why = [r for r in (row["reasons"] or []) if r.startswith("qc:")]
-            if why:
-                rejected.append({"sample_id": row["sample_id"], "reasons": why, "read": dict(row["qc_pred"] or [])})
-    out["rejected_count"] = len(rejected)
-    out["rejected"] = sorted(rejected, key=lambda r: r["sample_id"])[:MAX_REJECTED_SHOWN]
+    out["rejected_count"] = dec.qc_rejected if dec is not None else 0
+    out["rejected"] = dec.qc_first.items() if dec is not None else []  # the first MAX_REJECTED_SHOWN by sample id
     return out
 
 

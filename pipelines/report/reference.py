@@ -4,11 +4,11 @@ A reference is loaded by curation's one loader of external sets (:mod:`pipelines
 a published synthgen dataset, Parquet with embeddings and optional images, ``.npy``, or a folder of
 images embedded here with the dataset's own CLIP), at most ``REF_MAX`` rows (deterministic subset). The
 section reports CMMD, FD and PRDC on deterministic subsets and the top-1 cosine of every sample to the
-reference (memorisation), with the closest pairs for the HTML."""
+reference (memorisation, streamed over every published sample by :mod:`pipelines.report.scan`), with the
+closest pairs for the HTML."""
 
 from __future__ import annotations
 
-import io
 import posixpath
 import tarfile
 from collections import defaultdict
@@ -22,8 +22,10 @@ from pipelines.curation import references as refsets
 from pipelines.errors import SynthgenError
 from pipelines.io.store import url_to_fs
 from pipelines.report import metrics as M
-from pipelines.report.data import REFSIM, Dataset, DecisionView, not_none
-from pipelines.report.settings import CLOSEST_PAIRS, DIST_SAMPLE, FD_SAMPLE, MEMO_THRESHOLD, REF_MAX, SEED, ReportError
+from pipelines.report.data import REFSIM, Dataset
+from pipelines.report.decisions import DecisionStats
+from pipelines.report.scan import SampleScan
+from pipelines.report.settings import DIST_SAMPLE, FD_SAMPLE, MEMO_THRESHOLD, REF_MAX, SEED, ReportError
 
 IMAGE_EXT = refsets.IMAGE_EXTENSIONS
 
@@ -123,55 +125,57 @@ def clip_embedder(clip_spec: dict[str, Any] | None) -> Any:
     return ClipEmbedder(ClipSpec.model_validate(clip_spec))
 
 
-def reference_section(ds: Dataset, ref: Reference | None, ref_error: str | None,
-                      dv: DecisionView | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(json section, extra for the HTML: pair rows, similarity arrays)."""
+def reference_section(ds: Dataset, ref: Reference | None, ref_error: str | None, dec: DecisionStats | None,
+                      scan: SampleScan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(json section, extra for the HTML: closest pairs, similarity samples). The top-1 cosines of every
+    published sample were streamed by the scan; CMMD, FD and PRDC use its deterministic embedding sample."""
     extra: dict[str, Any] = {}
     out: dict[str, Any] = {}
-    curated = {k: M.summary(not_none(vals), seed=SEED)
-               for k, vals in sorted((dv.scores if dv else {}).items()) if REFSIM.search(k)}
+    curated = {k: dec.scores[k].summary(seed=SEED) for k in sorted(dec.scores if dec else {}) if REFSIM.search(k)}
     if curated:
         out["curation_reference_top1"] = curated
-        extra["curation_sims"] = {k: np.asarray(not_none(dv.scores[k])) for k in curated}
+        extra["curation_sims"] = {k: (dec.scores[k].values(), dec.scores[k].n) for k in curated}
     if ref is None:
         out |= {"available": False, "note": ref_error or "no reference set given (synthgen report --reference URL)"}
         return out, extra
-    s = ds.samples
-    if s.img_emb is None or not len(s.ids):
+    if not scan.has_img_emb:
         out |= {"available": False, "note": "the dataset has no published embeddings"}
         return out, extra
-    if ref.emb.shape[1] != s.img_emb.shape[1]:
+    if ref.emb.shape[1] != scan.dim:
         out |= {"available": False, "note": f"reference embeddings have dimension {ref.emb.shape[1]}, the dataset's "
-                                            f"{s.img_emb.shape[1]}: embed the reference with the dataset's CLIP"}
+                                            f"{scan.dim}: embed the reference with the dataset's CLIP"}
         return out, extra
     ds_clip = (ds.provenance.get("models") or {}).get("clip") or {}
     same_clip = None
     if ref.clip and ds_clip.get("weights_sha256") and ref.clip.get("weights_sha256"):
         same_clip = ref.clip.get("weights_sha256") == ds_clip.get("weights_sha256")
-    gen, rem = M.normalise(s.img_emb), M.normalise(ref.emb)
-    gi, ri = M.subsample_indices(len(gen), DIST_SAMPLE, SEED), M.subsample_indices(len(rem), DIST_SAMPLE, SEED + 1)
+    bad = scan.nonfinite().get("image_emb")
+    if bad:
+        raise M.NonFiniteError("embeddings", scan.bad_img_rows, scan.n, bad.total)
+    rem = M.normalise(ref.emb)
+    gen = M.normalise(scan.emb_all.result()[1])  # at most DIST_SAMPLE, lowest hash of the sample id
+    ri = M.subsample_indices(len(rem), DIST_SAMPLE, SEED + 1)
     out |= {"available": True, "source": ref.source, "kind": ref.kind, "n_reference": len(rem),
-            "n_generated": len(gen), "reference_clip": ref.clip, "same_clip_as_dataset": same_clip}
-    if len(gi) >= 2 and len(ri) >= 2:
-        out["cmmd"] = {"value": M.cmmd(gen[gi], rem[ri]), "n_generated": len(gi), "n_reference": len(ri),
+            "n_generated": scan.n, "reference_clip": ref.clip, "same_clip_as_dataset": same_clip}
+    if len(gen) >= 2 and len(ri) >= 2:
+        out["cmmd"] = {"value": M.cmmd(gen, rem[ri]), "n_generated": len(gen), "n_reference": len(ri),
                        "sigma": M.CMMD_SIGMA, "scale": M.CMMD_SCALE, "estimator": "unbiased U-statistic"}
     n_fd = min(FD_SAMPLE, len(gen), len(rem))
     if n_fd >= 2:
         fg, fr = M.subsample_indices(len(gen), n_fd, SEED + 2), M.subsample_indices(len(rem), n_fd, SEED + 3)
         out["fd"] = {"value": M.frechet_distance(gen[fg], rem[fr]), "n_per_side": n_fd, "fixed_size": FD_SAMPLE,
                      "at_fixed_size": n_fd == FD_SAMPLE, "features": "L2-normalised CLIP image embeddings"}
-    if min(len(gi), len(ri)) > M.PRDC_K:
-        out["prdc"] = M.prdc(rem[ri], gen[gi], M.PRDC_K) | {"k": M.PRDC_K, "n_generated": len(gi),
-                                                          "n_reference": len(ri)}
-    top, arg = M.top1_cosine(gen, rem)
+    if min(len(gen), len(ri)) > M.PRDC_K:
+        out["prdc"] = M.prdc(rem[ri], gen, M.PRDC_K) | {"k": M.PRDC_K, "n_generated": len(gen),
+                                                       "n_reference": len(ri)}
     base, _ = M.top1_cosine(rem[ri], rem[ri], exclude_self=True) if len(ri) > 1 else (np.zeros(0), None)
-    order = np.lexsort((np.arange(len(top)), -top))[:CLOSEST_PAIRS]
+    top = scan.ref
+    pairs = top.closest.items()
     out["memorisation"] = {
-        "threshold_cosine": MEMO_THRESHOLD, "top1": M.summary(top, seed=SEED),
-        "flagged": int((top >= MEMO_THRESHOLD).sum()), "flagged_rate": float((top >= MEMO_THRESHOLD).mean()),
+        "threshold_cosine": MEMO_THRESHOLD, "top1": top.top1.summary(seed=SEED),
+        "flagged": top.flagged, "flagged_rate": top.flagged / scan.n,
         "reference_self_top1": M.summary(base, seed=SEED),
-        "closest_pairs": [{"sample_id": s.ids[i], "reference_id": ref.ids[arg[i]], "cosine": float(top[i])}
-                          for i in order],
+        "closest_pairs": [{"sample_id": sid, "reference_id": ref.ids[r], "cosine": cos} for sid, r, cos, _ in pairs],
     }
-    extra |= {"top1": top, "baseline": base, "pairs": [(int(i), int(arg[i]), float(top[i])) for i in order]}
+    extra |= {"top1": (top.top1.values(), top.top1.n), "baseline": base, "pairs": pairs}
     return out, extra
