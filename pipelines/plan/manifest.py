@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.contracts import schemas as contracts
-from pipelines.contracts.edits import MIN_INNER, padding_text, parse_padding
+from pipelines.contracts import edits
 
 from pipelines.io import store as storage
 from pipelines.config import ManifestSpec, TemplateSpec
@@ -156,34 +156,12 @@ def _attributes(v: Any) -> dict[str, Any] | None:
 def _padding(v: Any) -> str:
     """Any encoding of the outpaint padding -> its canonical text ("8" and 8 are the same content)."""
     try:
-        return padding_text(_int(v) if isinstance(v, (float, Decimal)) else v)
+        return edits.padding_text(_int(v) if isinstance(v, (float, Decimal)) else v)
     except ValueError as e:
         raise _Bad(str(e).removeprefix("outpaint padding ")) from None
 
 
 _CONVERT = {"int64": _int, "double": _number, "map<string,string>": _attributes, "padding": _padding}
-
-
-def _edit_errors(row: dict[str, Any]) -> list[tuple[str, str]]:
-    """A row's edit fields must make one coherent edit of a given image."""
-    out = []
-    for f in ("mask_region", "outpaint"):
-        if row.get(f) is not None and not row.get("init_image"):
-            out.append((f, "needs an init_image (the image to edit)"))
-    if row.get("mask_region") and row.get("mask_image"):
-        out.append(("mask_region", "is set with mask_image: give one mask"))
-    if row.get("outpaint") and (row.get("mask_image") or row.get("mask_region")):
-        out.append(("outpaint", "cannot be combined with mask_image or mask_region (outpainting masks its padding)"))
-    pad = row.get("outpaint")
-    if isinstance(pad, str):
-        left, top, right, bottom = parse_padding(pad)
-        for f, used in (("height", top + bottom), ("width", left + right)):
-            size = row.get(f)
-            if size is not None and size - used < MIN_INNER:
-                out.append(("outpaint", f"{pad!r} leaves {size - used} px of {f} {size} for the init image "
-                                        f"(height and width are the output size, padding included; at least "
-                                        f"{MIN_INNER} px inside)"))
-    return out
 
 
 def _norm_row(row: dict[str, Any], types: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -236,7 +214,7 @@ def validate_table(table: pa.Table, source: str, row_offset: int = 0) -> list[di
             if field.split(".")[0] not in bad:
                 found.append((field, _message(err)))
         if not found:
-            found = _edit_errors(row)
+            found = edits.row_errors(row)
         errors += [f"{source}: row {row_offset + i}: field '{f}': {m}" for f, m in found]
         if len(errors) >= MAX_ERRORS:
             errors = errors[:MAX_ERRORS] + [f"{source}: (stopped after {MAX_ERRORS} errors)"]
@@ -306,17 +284,11 @@ def check_references(rows: list[tuple[str, int, dict[str, Any]]], storage_option
         raise ManifestError("\n".join(errors[:MAX_ERRORS]))
 
 
-#: Built-in backends without an inpainting pipeline: edits under them are errors, not ignored.
-NO_INPAINTING = ("gan", "style", "procedural")
-
-
 def check_backend_fields(table: pa.Table, source: str, backend: str) -> None:
     """Rows must carry what the job's backend reads: style transfer needs a content image
     (``init_image``) and a ``style_image``; other backends would silently ignore a style image, and
     edits (``mask_region``, ``outpaint``) need an inpainting backend and a region some installed
     plug-in knows."""
-    from pipelines.plugins import find_region
-
     errors = []
     cols = ["prompt_id", "init_image", "style_image", "mask_region", "outpaint"]
     for i, row in enumerate(table.select(cols).to_pylist()):
@@ -327,15 +299,7 @@ def check_backend_fields(table: pa.Table, source: str, backend: str) -> None:
         elif row["style_image"]:
             errors.append(f"{where}: field 'style_image': only generator.backend 'style' uses it "
                           f"(this job's backend is '{backend}')")
-        for f in ("mask_region", "outpaint"):
-            if row[f] and backend in NO_INPAINTING:
-                errors.append(f"{where}: field '{f}': needs an inpainting backend (diffusion), "
-                              f"not generator.backend '{backend}'")
-        if row["mask_region"] and backend not in NO_INPAINTING:
-            try:
-                find_region(row["mask_region"])
-            except ValueError as e:
-                errors.append(f"{where}: field 'mask_region': {e}")
+        errors += [f"{where}: field '{f}': {m}" for f, m in edits.backend_errors(row, backend)]
     if errors:
         raise ManifestError("\n".join(errors[:MAX_ERRORS]))
 
