@@ -12,8 +12,10 @@ before the clock starts, their cost reported apart) and the peak resident set wh
 torch, so it is reported apart), so the growth from 1k to 10k can be compared with the size of the
 embeddings held in memory.
 
-``python -m benchmarks.bench_report [--sizes 1000,3000,10000] [--reference 5000]`` ->
-``benchmarks/results/report.json``.
+``python -m benchmarks.bench_report [--sizes 1000,3000,10000] [--reference 5000] [--results PATH]
+[--baseline-tree DIR]`` -> ``benchmarks/results/report.json`` (or ``PATH``). ``--baseline-tree``: also measure
+the report code of another checkout on the same datasets (``git archive <commit> | tar -x -C DIR``), so a
+change's effect on time and memory is measured on one machine at one time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -187,10 +190,23 @@ def measure(dataset: str, reference: str, out: str) -> dict:
             "judge_all_correct": rep["alignment"]["judge"].get("all_specified_correct")}
 
 
+def _measure_in(tree: Path, ds: Path, ref: Path, out: Path) -> dict:
+    """``--measure`` in a fresh process running the report code of ``tree``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)}
+    res = subprocess.run([sys.executable, "-m", "benchmarks.bench_report", "--measure", str(ds), str(ref), str(out)],
+                         cwd=tree, capture_output=True, text=True, env=env)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"measure failed for {ds} with {tree}:\n{res.stderr[-3000:]}")
+    return json.loads(line[7:])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="1000,3000,10000")
     p.add_argument("--reference", type=int, default=5000)
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--baseline-tree", help="another checkout whose report code is measured on the same datasets")
     p.add_argument("--measure", nargs=3, metavar=("DATASET", "REFERENCE", "OUT"))
     a = p.parse_args()
     if a.measure:
@@ -212,28 +228,40 @@ def main() -> None:
             t = time.perf_counter()
             build_dataset(ds, n)
             print(f"dataset: {n} samples in {time.perf_counter() - t:.1f} s", flush=True)
-        res = subprocess.run([sys.executable, "-m", "benchmarks.bench_report", "--measure", str(ds), str(ref),
-                              str(CACHE / f"report-{n}.html")], cwd=ROOT, capture_output=True, text=True,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        line = next((ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"measure failed for n={n}:\n{res.stderr[-3000:]}")
-        r = {"samples_generated": n, **json.loads(line[7:])}
+        r = {"samples_generated": n, **_measure_in(ROOT, ds, ref, CACHE / f"report-{n}.html")}
         r["embeddings_mb"] = round(r["published"] * r["embedding_dim"] * 4 * 2 / 2**20, 2)  # image + text, f32
-        runs.append(r)
         print(f"n={n}: {r['seconds']} s, peak RSS {r['peak_rss_mb']} MB (+{r['report_rss_growth_mb']} MB over "
               f"imports), HTML {r['html_mb']} MB", flush=True)
+        if a.baseline_tree:
+            b = _measure_in(Path(a.baseline_tree).resolve(), ds, ref, CACHE / f"report-{n}-baseline.html")
+            r["baseline"] = {k: b[k] for k in ("seconds", "peak_rss_mb", "rss_after_imports_mb", "report_rss_growth_mb",
+                                               "html_mb")}
+            print(f"  baseline: {b['seconds']} s, +{b['report_rss_growth_mb']} MB over imports", flush=True)
+        runs.append(r)
     small, big = runs[0], runs[-1]
+
+    def ratio(get: Any) -> float | None:
+        lo, hi = get(small), get(big)
+        return None if lo is None or hi is None else round(hi / max(lo, 1e-9), 2)
+
     summary = {
         "what": "synthgen report (build_report + write report.html/report.json) on published toy-world datasets "
-                "with a 5k-image reference set; fresh process per size, heavy imports excluded from 'seconds'",
+                f"with a {a.reference}-image reference set; fresh process per size, heavy imports excluded from "
+                "'seconds'; report_rss_growth_mb = peak resident set while the report is built minus after imports",
         "machine": {"cpus": os.cpu_count()}, "reference_images": a.reference, "runs": runs,
-        "goal_seconds_10k": 60, "meets_time_goal": big["seconds"] < 60,
-        "rss_growth_ratio_largest_vs_smallest": round(big["report_rss_growth_mb"] / max(small["report_rss_growth_mb"], 1e-9),
-                                                      2),
+        "goal_seconds_10k": 60,
+        "meets_time_goal": next((r["seconds"] < 60 for r in runs if r["samples_generated"] == 10000), None),
+        "rss_growth_ratio_largest_vs_smallest": ratio(lambda r: r["report_rss_growth_mb"]),
+        "peak_rss_ratio_largest_vs_smallest": ratio(lambda r: r["peak_rss_mb"]),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
+    if a.baseline_tree:
+        summary["baseline_tree"] = str(a.baseline_tree)
+        summary["baseline_rss_growth_ratio_largest_vs_smallest"] = ratio(
+            lambda r: r.get("baseline", {}).get("report_rss_growth_mb"))
+        summary["baseline_peak_rss_ratio_largest_vs_smallest"] = ratio(lambda r: r.get("baseline", {}).get("peak_rss_mb"))
+    out = Path(a.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 
 
