@@ -34,7 +34,7 @@ _ATTR = re.compile(r"attr|perceived|zero_shot|zeroshot|zs_", re.I)
 
 __all__ = ["DUPSIM", "KNOWN_DECISION_COLUMNS", "REFSIM", "SAFETY", "Dataset", "Extra", "ShardFiles", "attr_name",
            "emb_matrix", "extra_columns", "group_key", "iter_batches", "iter_records", "load_dataset", "not_none",
-           "read_json", "read_parquet", "read_pngs", "shard_embeddings"]
+           "part_columns", "read_json", "read_parquet", "read_pngs", "shard_embeddings"]
 
 
 # ============================================================================ helpers

@@ -157,7 +157,9 @@ def _near_duplicates(groups: list[str], scan: SampleScan) -> dict[str, Any]:
             pairs += int((sim >= NEAR_DUP_COS).sum())
     out = {"threshold_cosine": NEAR_DUP_COS, "samples_with_near_duplicate_in_group": pairs,
            "rate": pairs / max(used, 1)}
-    return out | ({"n_used": used} if truncated else {})
+    return out | ({"n_used": used, "note": "counted within each group's deterministic sample of embeddings: a "
+                                             "neighbour outside it is not seen, so the rate is a lower bound"}
+                  if truncated else {})
 
 
 def diversity_section(ds: Dataset, groups: list[str], scan: SampleScan, dec: DecisionStats | None) -> dict[str, Any]:
