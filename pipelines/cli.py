@@ -155,11 +155,31 @@ def run(
                f"throughput: {res.images_per_s:.1f} images/s")
     for k, v in res.stage_seconds.items():
         typer.echo(f"  {k:<34} {v:8.2f} s")
+    for line in _quota_lines(res.extra.get("targets")):
+        typer.echo(line)
     if res.failed:
         typer.echo(f"  failed samples: {res.failed} (see decisions.parquet, reason generation_failed)", err=True)
     if too_many_failed:
         typer.echo(f"error: {res.failed} samples failed, above max_failed_fraction={spec_tol}", err=True)
         raise typer.Exit(4)
+
+
+def _quota_lines(t: dict | None) -> list[str]:
+    """The quota's per-group table for the run summary (one screen: the groups sorted, reasons inline)."""
+    if not t:
+        return []
+    cost = f"{t['cost']:.2f}" if t["cost"] is not None else "-"
+    out = [f"  quota: {t['met']} groups met, {t['unachievable']} unachievable; {len(t['rounds'])} extra rounds; "
+           f"{t['generated']} generated for {t['published']} published ({cost} per image)",
+           f"    {'group':<34} {'target':>6} {'kept':>5} {'gen':>5} {'accept':>6} {'cost':>5} {'rounds':>6}  status"]
+    for g in t["groups"]:
+        acc = f"{g['acceptance']:.2f}" if g["acceptance"] is not None else "-"
+        c = f"{g['cost']:.2f}" if g["cost"] is not None else "-"
+        status = g["status"] + (f" ({g['reason']})" if g.get("reason") else "")
+        target = g["target"] if g["target"] is not None else "-"
+        out.append(f"    {g['group'][:34]:<34} {target:>6} {g['published']:>5} {g['generated']:>5} {acc:>6} {c:>5} "
+                   f"{g['rounds']:>6}  {status}")
+    return out
 
 
 @app.command()

@@ -334,6 +334,42 @@ class QcSpec(Strict):
         return v
 
 
+class TargetsSpec(Strict):
+    """Quotas (DESIGN step 8, ``pipelines/curation/targets.py``): groups short of ``per_group`` kept samples
+    get further generation rounds; then exactly the quota per group is published."""
+
+    per_group: int | dict[str, int] = Field(description="Kept samples wanted per group: one number, or a map "
+                                            "from group key ('k=v,k2=v2' over group_by, in its order; '*': every "
+                                            "group not named) to number; a group the map does not cover is "
+                                            "not targeted.")
+    group_by: list[str] = Field(min_length=1, description="Manifest attribute keys that define the groups.")
+    max_rounds: int = Field(default=3, ge=0, le=50, description="Generation rounds after the manifest's own.")
+    overshoot: float = Field(default=1.25, ge=1.0, le=10.0, description="A round generates shortfall / "
+                             "acceptance x overshoot samples per short group.")
+    min_tries: int = Field(default=16, ge=1, description="Samples a group is tried on before an acceptance "
+                           "below 2% declares it unachievable.")
+    max_per_round: int | None = Field(default=None, ge=1, description="Cap on one group's samples per round.")
+    select: Literal["best_clip", "plan_order"] = Field(default="best_clip", description="Which kept samples "
+                                                       "fill a quota: highest CLIPScore, or earliest planned.")
+
+    @field_validator("per_group")
+    @classmethod
+    def _counts(cls, v: int | dict[str, int]) -> int | dict[str, int]:
+        counts = [v] if isinstance(v, int) else list(v.values())
+        if not counts or any(c < 0 for c in counts) or not any(counts):
+            raise ValueError("must be a positive number, or a map of non-negative numbers not all zero")
+        return v
+
+    @model_validator(mode="after")
+    def _keys_match(self) -> "TargetsSpec":
+        if isinstance(self.per_group, dict):
+            for key in self.per_group:
+                names = [part.split("=", 1)[0] for part in key.split(",")]
+                if key != "*" and (names != self.group_by or any("=" not in part for part in key.split(","))):
+                    raise ValueError(f"per_group key {key!r} is not 'k=v,...' over group_by {self.group_by}")
+        return self
+
+
 class CurationSpec(Strict):
     """Curation (DESIGN step 7): dedup, safety, thresholds, rebalancing. Changing it reuses staged units."""
 
@@ -345,6 +381,7 @@ class CurationSpec(Strict):
     bias: BiasSpec = BiasSpec()
     rebalance: RebalanceSpec | None = None
     qc: QcSpec | None = None
+    targets: TargetsSpec | None = None
 
     @model_validator(mode="after")
     def _rebalance_vocabulary(self) -> "CurationSpec":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipelines.curation.targets import GroupStatus, plan_round, select, target_of
@@ -32,12 +33,36 @@ def test_max_rounds_ends_the_loop_with_the_shortfall_named():
     assert plan.unachievable["g"]["acceptance"] == pytest.approx(0.25)
 
 
+def _ids(chosen, ids):
+    return {i for i, c in zip(ids, chosen) if c}
+
+
 def test_select_exactly_the_quota_by_rule():
-    kept = [(f"a{i}", "a", float(i % 5), (0, 0, i)) for i in range(10)] + [("b0", "b", 1.0, (0, 1, 0))]
-    best = select(kept, 4, "best_clip")
-    assert {k for k in best if k.startswith("a")} == {"a4", "a9", "a3", "a8"} and "b0" in best
-    first = select(kept, {"a": 3, "b": 0}, "plan_order")
-    assert first == {"a0", "a1", "a2"}
-    assert target_of("zzz", {"a": 3}) == 0
+    ids = [f"a{i}" for i in range(10)] + ["b0"]
+    group = ["a"] * 10 + ["b"]
+    clip = np.array([float(i % 5) for i in range(10)] + [1.0])
+    order = np.arange(11)
+    best, records = select(group, clip, order, 4, "best_clip")
+    assert _ids(best, ids) == {"a4", "a9", "a3", "a8", "b0"}
+    three, _ = select(group, clip, order, 3, "best_clip")
+    assert _ids(three, ids) == {"a4", "a9", "a3", "b0"}  # a3 and a8 tie at 3.0: plan order breaks it
+    assert records == [{"group": "a", "target": 4, "available": 10, "selected": 4},
+                       {"group": "b", "target": 4, "available": 1, "selected": 1}]
+    first, _ = select(group, clip, order, {"a": 3, "b": 0}, "plan_order")
+    assert _ids(first, ids) == {"a0", "a1", "a2"}
+    assert target_of("zzz", {"a": 3}) is None and target_of("zzz", {"a": 3, "*": 2}) == 2
+    untargeted, _ = select(group, clip, order, {"a": 2}, "plan_order")
+    assert _ids(untargeted, ids) == {"a0", "a1", "b0"}  # b has no quota: all of it is kept
     with pytest.raises(ValueError, match="unknown"):
-        select(kept, 1, "random")
+        select(group, clip, order, 1, "random")
+
+
+def test_stratified_selection_keeps_the_rebalanced_distribution():
+    # 12 samples of one group: values 0 (8 of them, the best CLIP scores) and 1 (4); target 50/50
+    stratum = np.array([0] * 8 + [1] * 4)
+    clip = np.array([1.0] * 8 + [0.5] * 4)
+    chosen, _ = select(["g"] * 12, clip, np.arange(12), 6, "best_clip", stratum, np.array([1.0, 1.0]))
+    assert chosen.sum() == 6 and stratum[chosen].tolist().count(1) == 3
+    # a value short of its share leaves its places to the other
+    chosen, _ = select(["g"] * 12, clip, np.arange(12), 10, "best_clip", stratum, np.array([1.0, 1.0]))
+    assert chosen.sum() == 10 and stratum[chosen].tolist().count(1) == 4

@@ -12,6 +12,8 @@ has none. The bias audit is taken on the survivors after every stage (filter-ind
 6. ``perceptual_dedup`` pHash within distance r  } last, so the copy that is kept is a clean one;
 7. ``semantic_dedup``   cosine >= 1 - eps        } each method sees the previous one's survivors
 8. ``rebalance``     subset matching a target perceived-attribute distribution per prompt group
+9. ``quota``         exactly ``targets.per_group`` per group from the survivors (``curation/targets.py``;
+                     cluster path only: the rounds that fill the quotas are the runner's)
 
 The decisions table (``DECISIONS_SCHEMA``) has one row per planned sample; the summary that goes
 to ``curation.json`` travels in its schema metadata (``synthgen.curation``) and is deterministic.
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from pipelines.config import JobSpec
 
 STAGES = ("prior_dedup", "reference", "safety", "clip_score", "qc", "exact_dedup", "perceptual_dedup",
-          "semantic_dedup", "rebalance")
+          "semantic_dedup", "rebalance", "quota")
 
 
 class State:
@@ -330,7 +332,7 @@ def enabled_stages(cur: Any) -> list[str]:
           "safety": cur.safety.mode == "filter", "clip_score": cur.min_clip_score is not None,
           "qc": cur.qc is not None and cur.qc.mode == "filter",
           "exact_dedup": d.exact, "perceptual_dedup": d.perceptual.enabled, "semantic_dedup": d.semantic.enabled,
-          "rebalance": cur.rebalance is not None}
+          "rebalance": cur.rebalance is not None, "quota": cur.targets is not None}
     return [s for s in STAGES if on[s]]
 
 

@@ -48,6 +48,8 @@ class Block:
     c_off: int = 0  # index of its first semantic-dedup candidate among all candidates
     sem_rows: np.ndarray | None = None  # its candidate rows
     sem_labels: np.ndarray | None = None  # their k-means cluster
+    qgroup: list[str] | None = None  # quota group of every generated row (``curation.targets``)
+    qfailed: list[str] = field(default_factory=list)  # ... and of every failed one
 
     @property
     def gidx(self) -> np.ndarray:
@@ -75,6 +77,7 @@ def score_block(no: int, units: list[str], load: Loader, cur: Any, ctx: Context
     ok = pc.is_null(light.column("error")).to_numpy(zero_copy_only=False) if light.num_rows else np.zeros(0, bool)
     failed = [{"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "error": r["error"]}
               for r in light.filter(pa.array(~ok)).select(["sample_id", "prompt_id", "error"]).to_pylist()]
+    groups = _quota_groups(light, cur)
     light = light.filter(pa.array(ok))
     st = curate.State(light)
     emb = curate.embeddings(light) if st.n else np.zeros((0, 0), np.float32)
@@ -83,10 +86,21 @@ def score_block(no: int, units: list[str], load: Loader, cur: Any, ctx: Context
     perceived = curate.score(st, cur, ctx, light, emb, sha, ph, summary)
     cat = (lambda xs: np.concatenate(xs)[ok] if xs else np.zeros(0, np.int32))
     block = Block(no, units, st, light.column("prompt_id").to_pylist(), sha, ph, cat(unit_of), cat(row_of), failed,
-                  perceived, dup_of=[None] * st.n, dd_alive=np.ones(st.n, bool))
+                  perceived, dup_of=[None] * st.n, dd_alive=np.ones(st.n, bool),
+                  qgroup=None if groups is None else [g for g, k in zip(groups, ok) if k],
+                  qfailed=[] if groups is None else [g for g, k in zip(groups, ok) if not k])
     scores = {c: np.array([dict(r)[c] for r in st.cols["safety_scores"]], np.float32)
               for c in [x["name"] for x in summary["safety"]["concepts"]]} if "safety" in summary else {}
     return block, {"n": st.n, **summary}, scores
+
+
+def _quota_groups(light: pa.Table, cur: Any) -> list[str] | None:
+    """Each row's quota group (``targets.group_by`` over its manifest attributes), or None without targets."""
+    if cur.targets is None:
+        return None
+    from pipelines.curation.bias import group_keys
+
+    return group_keys([dict(a or []) for a in light.column("attributes").to_pylist()], cur.targets.group_by)
 
 
 def safety_means(*scores: dict[str, np.ndarray]) -> dict[str, float]:
@@ -209,6 +223,29 @@ def audits_from_counts(counts: dict[tuple[str, str, str], np.ndarray], values: d
     return out
 
 
+def group_counts(block: Block, kept: list[bool]) -> dict[str, dict[str, Any]]:
+    """Per quota group: samples generated (failed included), kept, and rejections by first stage (the
+    stage that decided it; ``quota`` for a surplus sample): what the quota loop and its report add up."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(g: str) -> dict[str, Any]:
+        return out.setdefault(g, {"generated": 0, "kept": 0, "rejected": {}})
+
+    for g in block.qfailed:
+        e = entry(g)
+        e["generated"] += 1
+        e["rejected"]["generation_failed"] = e["rejected"].get("generation_failed", 0) + 1
+    for k, g in enumerate(block.qgroup or []):
+        e = entry(g)
+        e["generated"] += 1
+        if kept[k]:
+            e["kept"] += 1
+        else:
+            s = curate.STAGES[block.st.first_stage[k]]
+            e["rejected"][s] = e["rejected"].get(s, 0) + 1
+    return out
+
+
 def finish_block(block: Block, cur: Any, load: Loader) -> tuple[dict[str, pa.Table], dict[str, Any], dict[str, Any]]:
     """(tables to write, counts for the driver, kept rows for publishing) of a fully decided block."""
     st = block.st
@@ -219,6 +256,8 @@ def finish_block(block: Block, cur: Any, load: Loader) -> tuple[dict[str, pa.Tab
               "alive": {s: int(st.alive(s).sum()) for s in curate.enabled_stages(cur)},
               "audit": audit_counts(block, cur),
               "failed": curate.tally([[f"generation_failed: {f['error']}"] for f in block.failed], [], [])["reasons"]}
+    if block.qgroup is not None:
+        counts["groups"] = group_counts(block, kept)
     timings, publish = [], {"units": []}
     for u, uid in enumerate(block.units):
         t = load(uid, ["sample_id", "gen_ms", "clip_ms", "gen_worker", "png"])

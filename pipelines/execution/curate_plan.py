@@ -21,7 +21,7 @@ from pipelines.config import JobSpec, OutputSpec
 from pipelines.errors import SynthgenError
 from pipelines.contracts.decisions import FAILED, GENERATED, SCREENED, decisions_part, parquet_bytes, timings_part
 from pipelines.contracts.unit import Staging
-from pipelines.curation import curate, partition
+from pipelines.curation import curate, partition, targets
 from pipelines.curation.context import build_context
 from pipelines.curation.dedup import partitioned as pt
 from pipelines.curation.dedup.semantic import train_rows
@@ -99,6 +99,7 @@ class Curated:
     rejections: dict[str, int]  # reason -> count over every planned sample
     publish: list[Any] = field(default_factory=list)  # per block: kept rows per unit (refs on Ray)
     executor: Executor | None = None
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # quota group -> generated, kept, rejected
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -155,10 +156,20 @@ def _rebalance_map(block: partition.Block, offset: int, attribute: str, p: int) 
     return [block, *pt.rebalance_map(block, attribute, p)]
 
 
-def _finish(block: partition.Block, offset: int, cur: Any, where: Where, *rejects: Any) -> tuple[dict, dict]:
+def _reject(block: partition.Block, offset: int, reason: str, stage: str, *rejects: Any) -> partition.Block:
     block.offset = offset
     for r in rejects:
-        partition.apply_rejects(block, r["gidx"], f"rebalance:{cur.rebalance.attribute}", "rebalance")
+        partition.apply_rejects(block, r["gidx"], reason, stage)
+    return block
+
+
+def _quota_map(block: partition.Block, offset: int, p: int, attribute: str | None) -> list[Any]:
+    block.offset = offset
+    return [block, *targets.quota_map(block, p, attribute)]
+
+
+def _finish(block: partition.Block, offset: int, cur: Any, where: Where) -> tuple[dict, dict]:
+    block.offset = offset
     tables, counts, publish = partition.finish_block(block, cur, where.loader())
     counts["files"] = {decisions_part(GENERATED, block.no): where.write(decisions_part(GENERATED, block.no),
                                                                        parquet_bytes(tables["decisions"])),
@@ -230,8 +241,8 @@ def curate_units(spec: JobSpec, unit_ids: list[str], staging: Staging, screened:
     summary["dedup"] = {"keep": d.keep, **info}
 
     values = {a: list(v) for a, v in cur.bias.attributes.items()}
-    rejects: list[list] = [[] for _ in range(nb)]
-    if cur.rebalance is not None and cur.bias.attributes and n:
+    rebalanced = cur.rebalance is not None and bool(cur.bias.attributes) and bool(n)
+    if rebalanced:
         rb = cur.rebalance
         maps = [ex.submit(_rebalance_map, blk, off, rb.attribute, p, num_returns=p + 1)
                 for blk, off in zip(blocks, offsets)]
@@ -240,10 +251,22 @@ def curate_units(spec: JobSpec, unit_ids: list[str], staging: Staging, screened:
                           num_returns=nb + 1) for q in range(p)]
         records = sorted((r for rs in ex.get([r[0] for r in reds]) for r in rs), key=lambda r: r["group"])
         summary["rebalance"] = curate.rebalance_info(cur, values, records)
-        blocks = [m[0] for m in maps]
-        rejects = [route(reds, b, 1) for b in range(nb)]
-    fins = [ex.submit(_finish, blk, off, cur, where, *rj, num_returns=2)
-            for blk, off, rj in zip(blocks, offsets, rejects)]
+        blocks = [ex.submit(_reject, m[0], off, f"rebalance:{rb.attribute}", "rebalance", *route(reds, b, 1))
+                  for b, (m, off) in enumerate(zip(maps, offsets))]
+    if cur.targets is not None and n:
+        tg = cur.targets
+        # the quota keeps the rebalanced distribution where both split the samples the same way; in a finer
+        # quota group (e.g. one stated colour) stratifying would prefer the samples drawn off-prompt
+        stratify = rebalanced and set(cur.bias.group_by or ()) == set(tg.group_by)
+        attr = cur.rebalance.attribute if stratify else None
+        weights = curate.rebalance_target(cur, values) if stratify else None
+        maps = [ex.submit(_quota_map, blk, off, p, attr, num_returns=p + 1) for blk, off in zip(blocks, offsets)]
+        reds = [ex.submit(targets.quota_reduce, tg.per_group, tg.select, weights, bounds, *[m[1 + q] for m in maps],
+                          num_returns=nb + 1) for q in range(p)]
+        summary["quota"] = sorted((r for rs in ex.get([r[0] for r in reds]) for r in rs), key=lambda r: r["group"])
+        blocks = [ex.submit(_reject, m[0], off, "quota_surplus", "quota", *route(reds, b, 1))
+                  for b, (m, off) in enumerate(zip(maps, offsets))]
+    fins = [ex.submit(_finish, blk, off, cur, where, num_returns=2) for blk, off in zip(blocks, offsets)]
     counts = ex.get([f[0] for f in fins])
     return _summarise(ex, spec, summary, counts, screened, values, ex.get(scale), n, where,
                       [f[1] for f in fins])
@@ -303,7 +326,15 @@ def _summarise(ex: Executor, spec: JobSpec, summary: dict, counts: list[dict], s
               "kept": sum(t["kept"] for t in tallies), "flagged_kept": sum(t["flagged_kept"] for t in tallies)}
     curate.finish_summary(summary, merged, len(screened), n)
     rejections = _add([merged["reasons"]] + [c["failed"] for c in counts])
-    return Curated(summary, dict(sorted(files.items())), merged["kept"], rejections, publish, ex)
+    groups: dict[str, dict[str, Any]] = {}
+    for c in counts:
+        for g, e in c.get("groups", {}).items():
+            t = groups.setdefault(g, {"generated": 0, "kept": 0, "rejected": {}})
+            t["generated"] += e["generated"]
+            t["kept"] += e["kept"]
+            t["rejected"] = _add([t["rejected"], e["rejected"]])
+    return Curated(summary, dict(sorted(files.items())), merged["kept"], rejections, publish, ex,
+                   dict(sorted(groups.items())))
 
 
 def _add(dicts: list[dict[str, int]]) -> dict[str, int]:

@@ -32,22 +32,26 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-@functools.lru_cache(maxsize=2)
-@functools.lru_cache(maxsize=2)
-def _staged_manifest(output_json: str, prefix_fp: str) -> "pa.Table":
-    """The job's canonical manifest as staged by the driver, read once per worker process."""
+@functools.lru_cache(maxsize=8)
+def _staged_manifest(output_json: str, prefix_fp: str, name: str = "manifest.parquet") -> "pa.Table":
+    """The job's canonical manifest (or a quota round's table) as staged by the driver, read once per
+    worker process."""
     import io
 
     import pyarrow.parquet as pq
 
     staging = Staging(OutputSpec.model_validate_json(output_json).store(), prefix_fp)
-    return pq.read_table(io.BytesIO(staging.store.read_bytes(f"{staging.prefix}/manifest.parquet")))
+    return pq.read_table(io.BytesIO(staging.store.read_bytes(f"{staging.prefix}/{name}")))
 
 
 def _samples_json(ranges: Any, output_json: str, prefix_fp: str, gen: dict[str, Any]) -> list[str]:
-    table = _staged_manifest(output_json, prefix_fp)
     spec = GeneratorSpec.model_validate(gen)
-    return [json.dumps([s.to_dict() for s in unit_samples(table, UnitRange.from_json(r), spec)]) for r in ranges]
+    out = []
+    for r in ranges:
+        unit = UnitRange.from_json(r)
+        table = _staged_manifest(output_json, prefix_fp, unit.manifest)
+        out.append(json.dumps([s.to_dict() for s in unit_samples(table, unit, spec)]))
+    return out
 
 
 def expand_units(batch: dict[str, np.ndarray], output_json: str, prefix_fp: str, gen: dict[str, Any]) -> dict[str, np.ndarray]:

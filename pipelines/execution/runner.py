@@ -28,6 +28,7 @@ from pipelines.publish.provenance import weights_sha256
 from pipelines.publish.job import publish_dataset
 from pipelines.contracts.unit import Staging
 from pipelines.io.store import Store
+from pipelines.execution.quota import QuotaLoop
 
 Log = Callable[..., None]
 
@@ -65,6 +66,13 @@ class Prepared:
     screened: list[dict[str, Any]]  # rows the prompt screen stopped: {sample_id, prompt_id, reasons}
     units: list[plan.UnitRange]  # the samples to generate, as manifest row ranges (workers expand them)
     fingerprint: str  # of the staged units
+    quota_rows: dict[str, list[int]] = field(default_factory=dict)  # quota group -> its generating rows
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # quota rounds after the manifest's: round, samples
+
+    @property
+    def planned(self) -> int:
+        """Samples planned over all rounds (screened ones included)."""
+        return len(self.samples) + sum(r["samples"] for r in self.rounds)
 
     @property
     def dataset_fingerprint(self) -> str:
@@ -102,7 +110,15 @@ def prepare(spec: JobSpec) -> Prepared:
     manifest.check_backend_fields(table, source, spec.generator.backend)
     mhash = manifest.content_hash(table)
     p = plan.Plan(table, spec.generator, spec.screen, spec.unit_size)  # counts only, no samples
-    return Prepared(spec, table, mhash, p.samples, p.screened(), p.units(), fingerprint(spec, mhash))
+    quota_rows: dict[str, list[int]] = {}
+    if spec.curation.targets is not None:  # one key per generating row: O(rows), never O(samples)
+        from pipelines.curation.bias import group_keys
+
+        attrs = table.column("attributes").to_pylist()
+        for r, g in zip(p.rows.tolist(), group_keys([dict(attrs[r] or []) for r in p.rows.tolist()],
+                                                    spec.curation.targets.group_by)):
+            quota_rows.setdefault(g, []).append(r)
+    return Prepared(spec, table, mhash, p.samples, p.screened(), p.units(), fingerprint(spec, mhash), quota_rows)
 
 
 @dataclass
@@ -161,46 +177,40 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
 
     staging = Staging(store, prep.fingerprint)
     staging.store.write_bytes(f"{staging.prefix}/manifest.parquet", _parquet(prep.manifest))
-    staged = staging.staged_ids()
-    pending = [u for u in prep.units if u.unit_id not in staged]
     if prep.screened:
         log("screened", samples=len(prep.screened))
-    log("resume", staged=len(prep.units) - len(pending), pending=len(pending))
-
-    t = time.perf_counter()
     busy: dict[str, float] = {"generate": 0.0, "embed": 0.0}
-    if pending:
-        from pipelines.execution.ray_plan import run_units
+    units = list(prep.units)
+    n_generated, n_units, n_reused, gen_wall = _generate(spec, prep, units, staging, busy, quiet, log)
 
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(pending), desc="generate", unit="unit", disable=quiet, dynamic_ncols=True)
-        with_inputs = any(prep.manifest.column(c).null_count < prep.manifest.num_rows
-                          for c in ("init_image", "mask_image", "style_image"))
-        for res in run_units(spec, pending, staging, quiet=quiet, with_inputs=with_inputs):
-            bar.update(1)
-            store.check_writable()  # LeaseLost: another run took this output over; stop between units
-            busy["generate"] += res["gen_ms"] / 1000
-            busy["embed"] += res["clip_ms"] / 1000
-            log("unit_staged", unit=res["unit_id"], samples=res["n"])
-        bar.close()
-    times["generate+embed+stage (wall)"] = time.perf_counter() - t
-    n_generated = sum(u.n for u in pending)
-    ips = n_generated / times["generate+embed+stage (wall)"] if pending else 0.0
-
-    t = time.perf_counter()
     from pipelines.execution.curate_plan import Where, choose_executor, curate_units
     from pipelines.execution.publish_plan import write_shards
     from pipelines.publish.job import clear_outputs, job_of, labeller
 
     clear_outputs(store)  # no index exists: whatever is under the dataset's prefixes is not a dataset
-    unit_ids = [u.unit_id for u in prep.units]
-    ex = choose_executor(sum(u.n for u in prep.units), None, spec.resources.ray_num_cpus)
-    curated = curate_units(spec, unit_ids, staging, prep.screened, executor=ex)  # workers write the decisions
-    times["curate"] = time.perf_counter() - t
-    store.check_writable()  # and between stages: a run that lost its lease publishes nothing
+    curate_s = 0.0
+    quota = QuotaLoop(spec, prep) if spec.curation.targets is not None else None
+    while True:  # one pass without targets; with them, until every group is met or declared unachievable
+        t = time.perf_counter()
+        unit_ids = [u.unit_id for u in units]
+        ex = choose_executor(sum(u.n for u in units), None, spec.resources.ray_num_cpus)
+        curated = curate_units(spec, unit_ids, staging, prep.screened, executor=ex)  # workers write the decisions
+        curate_s += time.perf_counter() - t
+        store.check_writable()  # and between stages: a run that lost its lease publishes nothing
+        more = quota.next_round(curated, staging) if quota is not None else []
+        if not more:
+            break
+        log("quota_round", round=quota.round, samples=sum(u.n for u in more), groups=len(quota.short))
+        units += more
+        g, u, r, w = _generate(spec, prep, more, staging, busy, quiet, log)
+        n_generated, n_units, n_reused, gen_wall = n_generated + g, n_units + u, n_reused + r, gen_wall + w
+    if quota is not None:
+        curated.summary["targets"] = quota.summary(curated)
+    times["generate+embed+stage (wall)"] = gen_wall
+    times["curate"] = curate_s
+    ips = n_generated / gen_wall if n_generated else 0.0
     n_failed = sum(v for k, v in curated.rejections.items() if k.startswith("generation_failed"))
-    log("curated", kept=curated.kept, rejected=len(prep.samples) - curated.kept)
+    log("curated", kept=curated.kept, rejected=prep.planned - curated.kept)
     log("publishing", what="shards, decisions, provenance, card, report, index")
 
     t = time.perf_counter()
@@ -216,7 +226,34 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
         log("failed_samples", count=n_failed,
             first=next(k for k in sorted(curated.rejections) if k.startswith("generation_failed")))
     return RunResult(spec.output.url, prep.dataset_fingerprint, counts, {**times, **{f"{k} (actor busy)": v for k, v in
-                     busy.items()}}, ips, len(pending), len(prep.units) - len(pending), failed=n_failed)
+                     busy.items()}}, ips, n_units, n_reused, failed=n_failed,
+                     extra={"targets": curated.summary.get("targets")} if quota is not None else {})
+
+
+def _generate(spec: JobSpec, prep: Prepared, units: list[plan.UnitRange], staging: Staging, busy: dict[str, float],
+              quiet: bool, log: Log) -> tuple[int, int, int, float]:
+    """Generate, embed and stage the units not staged yet: (samples and units generated, units reused,
+    wall seconds)."""
+    staged = staging.staged_ids()
+    pending = [u for u in units if u.unit_id not in staged]
+    log("resume", staged=len(units) - len(pending), pending=len(pending))
+    t = time.perf_counter()
+    if pending:
+        from pipelines.execution.ray_plan import run_units
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pending), desc="generate", unit="unit", disable=quiet, dynamic_ncols=True)
+        with_inputs = any(prep.manifest.column(c).null_count < prep.manifest.num_rows
+                          for c in ("init_image", "mask_image", "style_image"))
+        for res in run_units(spec, pending, staging, quiet=quiet, with_inputs=with_inputs):
+            bar.update(1)
+            staging.store.check_writable()  # LeaseLost: another run took this output over; stop between units
+            busy["generate"] += res["gen_ms"] / 1000
+            busy["embed"] += res["clip_ms"] / 1000
+            log("unit_staged", unit=res["unit_id"], samples=res["n"])
+        bar.close()
+    return sum(u.n for u in pending), len(pending), len(units) - len(pending), time.perf_counter() - t
 
 
 def _parquet(table: pa.Table) -> bytes:

@@ -59,8 +59,10 @@ def sample_id(prompt_id: str, index: int) -> str:
 
 
 def row_samples(row: dict[str, Any], gen: GeneratorSpec, start: int = 0, stop: int | None = None) -> list[Sample]:
-    """Samples ``start..stop`` of one canonical manifest row: the one place a sample is made."""
+    """Samples ``start..stop`` of one canonical manifest row: the one place a sample is made. A quota
+    round's row (``plan/rounds.py``) carries ``first_index``: its samples continue the row's index."""
     stop = row["num_images"] if stop is None else stop
+    base = row.get("first_index") or 0
     return [
         Sample(
             sample_id=sample_id(row["prompt_id"], i),
@@ -80,7 +82,7 @@ def row_samples(row: dict[str, Any], gen: GeneratorSpec, start: int = 0, stop: i
             mask_region=row.get("mask_region"),
             outpaint=row.get("outpaint"),
         )
-        for i in range(start, stop)
+        for i in range(base + start, base + stop)
     ]
 
 
@@ -115,6 +117,7 @@ class UnitRange:
     first: int
     n: int
     skip_rows: tuple[int, ...] = ()
+    manifest: str = "manifest.parquet"  # the staged table its rows index (a quota round's own table)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -209,8 +212,10 @@ class Plan:
     """The plan as counts: per-row sample counts and which rows generate. Unit boundaries come from a
     prefix sum over the generating rows, so no sample exists on the driver."""
 
-    def __init__(self, manifest: pa.Table, gen: GeneratorSpec, screen: ScreenSpec, unit_size: int):
+    def __init__(self, manifest: pa.Table, gen: GeneratorSpec, screen: ScreenSpec, unit_size: int,
+                 unit_prefix: str = "u", staged_as: str = "manifest.parquet"):
         self.manifest, self.gen, self.unit_size = manifest, gen, unit_size
+        self.unit_prefix, self.staged_as = unit_prefix, staged_as
         self.counts = manifest.column("num_images").to_numpy().astype(np.int64)
         self.generate, self.screened_rows = screen_rows(manifest, screen)
         self.rows = np.flatnonzero(self.generate)
@@ -240,8 +245,8 @@ class Plan:
         row_lo, row_hi = self.rows[lo], self.rows[hi] + 1
         screened = np.flatnonzero(~self.generate)
         a, b = np.searchsorted(screened, row_lo), np.searchsorted(screened, row_hi)
-        return [UnitRange(f"u{n:06d}", int(row_lo[n]), int(row_hi[n]), int(first[n]), int(ns[n]),
-                          tuple(int(x) for x in screened[a[n]:b[n]]) if b[n] > a[n] else ())
+        return [UnitRange(f"{self.unit_prefix}{n:06d}", int(row_lo[n]), int(row_hi[n]), int(first[n]), int(ns[n]),
+                          tuple(int(x) for x in screened[a[n]:b[n]]) if b[n] > a[n] else (), self.staged_as)
                 for n in range(len(starts))]
 
 

@@ -37,7 +37,7 @@ def publish_dataset(store: Store, prep: "Prepared", curated: "Curated", shards: 
     label = labeller(prep)
     kept = curated.kept
     reasons = curated.rejections
-    counts = {"planned": len(prep.samples), "kept": kept, "rejected": len(prep.samples) - kept,
+    counts = {"planned": prep.planned, "kept": kept, "rejected": prep.planned - kept,
               "shards": len(shards), "prompts": prep.manifest.num_rows}
     files = {
         "manifest.parquet": write_parquet(store, "manifest.parquet", prep.manifest),
