@@ -93,6 +93,19 @@ def test_every_group_ends_at_its_quota_or_is_declared_unachievable(first):
     assert sum(d["kept"] for d in dec) == 4 * QUOTA
     problems, index = verify(str(out), {})
     assert not problems and index["counts"]["kept"] == 4 * QUOTA
+    report = json.loads((out / "report.json").read_text())["quota"]
+    assert [g["group"] for g in report["groups"]] == [g["group"] for g in t["groups"]]
+    assert report["unachievable"] == 1 and 'id="quota"' in (out / "report.html").read_text()
+
+
+def test_cli_summary_prints_the_per_group_table(first):
+    from pipelines.cli import _quota_lines
+
+    _, res = first
+    lines = _quota_lines(res.extra["targets"])
+    assert "4 groups met, 1 unachievable" in lines[0]
+    row = next(ln for ln in lines if "colour=green,shape=square" in ln)
+    assert "unachievable (acceptance 0.000" in row
 
 
 def test_a_rerun_is_a_no_op(first, tmp_path):

@@ -49,6 +49,7 @@ from pipelines.report.plots import group_attr_plot as _group_attr_plot
 from pipelines.report.plots import hist as _hist
 from pipelines.report.plots import rates_plot as _rates_plot
 from pipelines.report.radiology import qc_section
+from pipelines.report.targets import quota_section
 from pipelines.report.reference import IMAGE_EXT, Reference, load_reference, reference_section
 from pipelines.report.scan import SampleScan, published_prompt_groups
 from pipelines.report.sections import diversity_section, metrics_error, perceived_section, safety_section
@@ -233,6 +234,7 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
     diversity = diversity_section(ds, groups, scan, dec)
     curation = curation_section(ds)
     finding_qc = qc_section(ds, dec)
+    quota = quota_section(ds)
 
     group_rows = [{
         "group": g, "attributes": scan.group_attrs.get(g, {}), "planned": planned.get(g) if dec is not None else None,
@@ -246,7 +248,7 @@ def build_report(store: Store, reference: str | None = None, *, index: dict[str,
         "format": REPORT_FORMAT, "version": REPORT_VERSION, "settings": _settings(), "summary": summary,
         "groups": {"count": len(groups), "perceived_source": source, "rows": group_rows},
         "alignment": alignment, "diversity": diversity, "reference": ref_json, "safety": safety_json,
-        "curation": curation, "finding_qc": finding_qc,
+        "curation": curation, "finding_qc": finding_qc, "quota": quota,
     })
 
     # ---- HTML
