@@ -19,30 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.contracts.manifest import SAMPLE_FIELDS
 from pipelines.io.store import Store
 
 GEN_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("prompt_id", pa.string()),
-        ("index", pa.int64()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("seed", pa.int64()),
-        ("steps", pa.int64()),
-        ("guidance_scale", pa.float64()),
-        ("height", pa.int64()),
-        ("width", pa.int64()),
-        ("attributes", pa.map_(pa.string(), pa.string())),
-        # input image URIs (img2img, inpainting, outpainting, style): publish labels such images as
-        # composites and names the inputs as C2PA ingredients
-        ("init_image", pa.string()),
-        ("mask_image", pa.string()),
-        ("style_image", pa.string()),
-        # the edit that made the inpainting mask (generate/edits.py): a named region, or outpainting
-        # padding ("N" or "l,t,r,b"); publish names it in the C2PA manifest beside the ingredients
-        ("mask_region", pa.string()),
-        ("outpaint", pa.string()),
+    SAMPLE_FIELDS
+    + [
         ("png", pa.binary()),
         ("pixel_sha256", pa.string()),
         ("phash", pa.string()),  # 64-bit perceptual hash (imagehash.phash) as 16 hex digits
@@ -51,13 +33,9 @@ GEN_SCHEMA = pa.schema(
         ("error", pa.string()),  # set (and png null) when this sample's generation raised
     ]
 )
-_SAMPLE_FIELDS = [f for f in GEN_SCHEMA if f.name in ("sample_id", "prompt_id", "index", "prompt", "negative_prompt",
-                                                   "seed", "steps", "guidance_scale", "height", "width", "attributes",
-                                                   "init_image", "mask_image", "style_image", "mask_region",
-                                                   "outpaint")]
 #: What the generator actor returns: raw uint8 pixels (row-major HxWxC bytes) and their shape.
 PIXEL_SCHEMA = pa.schema(
-    _SAMPLE_FIELDS
+    SAMPLE_FIELDS
     + [
         ("pixels", pa.large_binary()),
         ("pixels_shape", pa.list_(pa.int32(), 3)),

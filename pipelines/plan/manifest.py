@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipelines.contracts import schemas as contracts
 from pipelines.contracts import edits
+from pipelines.contracts.manifest import MANIFEST_SCHEMA
 
 from pipelines.io import store as storage
 from pipelines.config import ManifestSpec, TemplateSpec
@@ -30,25 +31,7 @@ from pipelines.errors import ManifestError
 MAX_ERRORS = 20
 
 # The canonical column order and Arrow types every validated manifest is converted to.
-CANONICAL = pa.schema(
-    [
-        ("prompt_id", pa.string()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("seed", pa.int64()),
-        ("num_images", pa.int64()),
-        ("steps", pa.int64()),
-        ("guidance_scale", pa.float64()),
-        ("height", pa.int64()),
-        ("width", pa.int64()),
-        ("attributes", pa.map_(pa.string(), pa.string())),
-        ("init_image", pa.string()),
-        ("mask_image", pa.string()),
-        ("style_image", pa.string()),
-        ("mask_region", pa.string()),
-        ("outpaint", pa.string()),
-    ]
-)
+CANONICAL = MANIFEST_SCHEMA
 
 
 # How each contract type may arrive: pandas, polars and pyarrow write the same logical content in
