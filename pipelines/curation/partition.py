@@ -98,7 +98,7 @@ def _quota_groups(light: pa.Table, cur: Any) -> list[str] | None:
     """Each row's quota group (``targets.group_by`` over its manifest attributes), or None without targets."""
     if cur.targets is None:
         return None
-    from pipelines.curation.bias import group_keys
+    from pipelines.curation.groups import group_keys
 
     return group_keys([dict(a or []) for a in light.column("attributes").to_pylist()], cur.targets.group_by)
 

@@ -112,7 +112,7 @@ def prepare(spec: JobSpec) -> Prepared:
     p = plan.Plan(table, spec.generator, spec.screen, spec.unit_size)  # counts only, no samples
     quota_rows: dict[str, list[int]] = {}
     if spec.curation.targets is not None:  # one key per generating row: O(rows), never O(samples)
-        from pipelines.curation.bias import group_keys
+        from pipelines.curation.groups import group_keys
 
         attrs = table.column("attributes").to_pylist()
         for r, g in zip(p.rows.tolist(), group_keys([dict(attrs[r] or []) for r in p.rows.tolist()],

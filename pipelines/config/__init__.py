@@ -1,26 +1,22 @@
-"""Typed job spec. Validated once at the edge (``load_job``); unknown keys are errors."""
+"""Typed job spec. Validated once at the edge (``load_job``); unknown keys are errors.
+
+The job and its generation, output and provenance sections are here; curation's in ``config/curation.py``,
+the file loader in ``config/load.py``."""
 
 from __future__ import annotations
 
-import copy
-import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
-from pipelines.errors import SpecError
+from pipelines.config.base import Strict
 
 if TYPE_CHECKING:
     from pipelines.io.store import Store
 
-
-class Strict(BaseModel):
-    # allow_inf_nan=False: YAML's .nan/.inf pass every ge/le bound silently and would run.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+from pipelines.config.curation import *  # noqa: F401,F403 - re-exported: every spec model imports from here
+from pipelines.config.curation import CurationSpec
 
 
 class TemplateSpec(Strict):
@@ -228,182 +224,6 @@ class ScreenSpec(Strict):
         return self
 
 
-class PerceptualDedupSpec(Strict):
-    enabled: bool = False
-    max_distance: int = Field(default=4, ge=0, le=24, description="pHash Hamming distance counted as duplicate.")
-
-
-class SemanticDedupSpec(Strict):
-    enabled: bool = False
-    eps: float = Field(default=0.05, gt=0.0, lt=2.0, description="Duplicates when image cosine >= 1 - eps.")
-    cluster_size: int = Field(default=1000, ge=2, description="Mean k-means cluster size (n / k).")
-    spill: float = Field(default=0.05, ge=0.0, le=2.0, description="Also compare a point with its second-nearest "
-                         "cluster when that centroid's cosine is within this of the nearest's.")
-    seed: int = 0
-
-
-class DedupSpec(Strict):
-    exact: bool = Field(default=True, description="Equal decoded-pixel hash.")
-    perceptual: PerceptualDedupSpec = PerceptualDedupSpec()
-    semantic: SemanticDedupSpec = SemanticDedupSpec()
-    keep: Literal["first", "best_clip"] = Field(default="first", description="Which sample of a duplicate set "
-                                                "survives: first by sample id, or best CLIP score.")
-
-
-class PriorDatasetSpec(Strict):
-    """An earlier published dataset (its index, decisions and embeddings): new samples that duplicate
-    its kept samples are dropped, by the same exact/perceptual/semantic tests as within the run."""
-
-    url: str
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-
-
-class ReferenceSetSpec(Strict):
-    """A protected set the output must not resemble: a folder of images, or precomputed embeddings
-    (Parquet with an ``image_emb``/``embedding`` column, or ``.npy``)."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    url: str
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    threshold: float = Field(default=0.95, ge=-1.0, le=1.0, description="Top-1 cosine at or above it: flagged.")
-    action: Literal["filter", "report"] = "filter"
-
-
-class SafetyConceptSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    prompts: list[str] = Field(min_length=1)
-    threshold: float = Field(description="Flag at or above: a cosine, or a probability when 'negatives' is set.")
-    negatives: list[str] = Field(default_factory=list, description="Contrast prompts: the score becomes the "
-                                 "softmax probability of the concept against them.")
-
-
-class SafetyClassifierSpec(Strict):
-    path: str = Field(description="safetensors linear head on image embeddings: 'weight' (C, D), 'bias' (C,), "
-                      "metadata 'names' (JSON list).")
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-
-
-class SafetySpec(Strict):
-    mode: Literal["off", "report", "filter"] = "off"
-    concepts: list[SafetyConceptSpec] = Field(default_factory=list)
-    classifier: SafetyClassifierSpec | None = None
-    logit_scale: float | None = Field(default=None, gt=0.0, description="Softmax scale for 'negatives'; "
-                                      "default: the CLIP model's own.")
-
-
-class BiasSpec(Strict):
-    attributes: dict[str, dict[str, str | list[str]]] = Field(
-        default_factory=dict, description="attribute -> value -> prompt(s) for zero-shot perceived attributes.")
-    group_by: list[str] | None = Field(default=None, description="Manifest attribute keys that define prompt "
-                                       "groups (default: every key a sample has; [] = one group).")
-    logit_scale: float | None = Field(default=None, gt=0.0, description="Default: the CLIP model's own.")
-    bootstrap: int = Field(default=1000, ge=20, le=100000)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _two_values(self) -> "BiasSpec":
-        for a, vocab in self.attributes.items():
-            if len(vocab) < 2:
-                raise ValueError(f"bias attribute '{a}' needs at least two values")
-        return self
-
-
-class RebalanceSpec(Strict):
-    attribute: str = Field(description="A key of curation.bias.attributes (perceived, per sample).")
-    target: Literal["uniform"] | dict[str, float] = "uniform"
-    prefer: Literal["best_clip", "first"] = "best_clip"
-
-
-class QcSpec(Strict):
-    """Finding QC (pipelines/curation/qc.py): each stated manifest attribute checked against the image."""
-
-    attributes: list[str] = Field(min_length=1, description="Manifest attribute keys to check, e.g. "
-                                  "[nodule, nodule_side, nodule_size].")
-    classifier: str = Field(default="zero_shot", description="'zero_shot' (CLIP embedding vs the prompts of "
-                            "curation.bias.attributes[key]) or 'module:callable', a pixel classifier "
-                            "image -> {key: value} run where the pixels are (e.g. pipelines.toyworld.judge:judge).")
-    mode: Literal["filter", "report"] = Field(default="filter", description="filter: a disagreement rejects the "
-                                              "sample (qc:<key>); report: recorded only.")
-
-    @field_validator("classifier")
-    @classmethod
-    def _classifier_form(cls, v: str) -> str:
-        if v != "zero_shot" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
-            raise ValueError("must be 'zero_shot' or 'package.module:callable'")
-        return v
-
-
-class TargetsSpec(Strict):
-    """Quotas (DESIGN step 8, ``pipelines/curation/targets.py``): groups short of ``per_group`` kept samples
-    get further generation rounds; then exactly the quota per group is published."""
-
-    per_group: int | dict[str, int] = Field(description="Kept samples wanted per group: one number, or a map "
-                                            "from group key ('k=v,k2=v2' over group_by, in its order; '*': every "
-                                            "group not named) to number; a group the map does not cover is "
-                                            "not targeted.")
-    group_by: list[str] = Field(min_length=1, description="Manifest attribute keys that define the groups.")
-    max_rounds: int = Field(default=3, ge=0, le=50, description="Generation rounds after the manifest's own.")
-    overshoot: float = Field(default=1.25, ge=1.0, le=10.0, description="A round generates shortfall / "
-                             "acceptance x overshoot samples per short group.")
-    min_tries: int = Field(default=16, ge=1, description="Samples a group is tried on before an acceptance "
-                           "below 2% declares it unachievable.")
-    max_per_round: int | None = Field(default=None, ge=1, description="Cap on one group's samples per round.")
-    select: Literal["best_clip", "plan_order"] = Field(default="best_clip", description="Which kept samples "
-                                                       "fill a quota: highest CLIPScore, or earliest planned.")
-
-    @field_validator("per_group")
-    @classmethod
-    def _counts(cls, v: int | dict[str, int]) -> int | dict[str, int]:
-        counts = [v] if isinstance(v, int) else list(v.values())
-        if not counts or any(c < 0 for c in counts) or not any(counts):
-            raise ValueError("must be a positive number, or a map of non-negative numbers not all zero")
-        return v
-
-    @model_validator(mode="after")
-    def _keys_match(self) -> "TargetsSpec":
-        if isinstance(self.per_group, dict):
-            for key in self.per_group:
-                names = [part.split("=", 1)[0] for part in key.split(",")]
-                if key != "*" and (names != self.group_by or any("=" not in part for part in key.split(","))):
-                    raise ValueError(f"per_group key {key!r} is not 'k=v,...' over group_by {self.group_by}")
-        return self
-
-
-class CurationSpec(Strict):
-    """Curation (DESIGN step 7): dedup, safety, thresholds, rebalancing. Changing it reuses staged units."""
-
-    dedup: DedupSpec = DedupSpec()
-    prior_datasets: list[PriorDatasetSpec] = Field(default_factory=list)
-    references: list[ReferenceSetSpec] = Field(default_factory=list)
-    safety: SafetySpec = SafetySpec()
-    min_clip_score: float | None = Field(default=None, description="Drop samples whose CLIPScore is below.")
-    bias: BiasSpec = BiasSpec()
-    rebalance: RebalanceSpec | None = None
-    qc: QcSpec | None = None
-    targets: TargetsSpec | None = None
-
-    @model_validator(mode="after")
-    def _rebalance_vocabulary(self) -> "CurationSpec":
-        if self.qc is not None and self.qc.classifier == "zero_shot":
-            missing = [k for k in self.qc.attributes if k not in self.bias.attributes]
-            if missing:
-                raise ValueError(f"qc.classifier zero_shot needs prompts for {missing} in bias.attributes")
-        rb = self.rebalance
-        if rb is not None:
-            vocab = self.bias.attributes.get(rb.attribute)
-            if vocab is None:
-                raise ValueError(f"rebalance.attribute '{rb.attribute}' is not in bias.attributes")
-            if isinstance(rb.target, dict):
-                extra = set(rb.target) - set(vocab)
-                if extra or any(v < 0 for v in rb.target.values()) or sum(rb.target.values()) <= 0:
-                    raise ValueError(f"rebalance.target must weight values of '{rb.attribute}' "
-                                     f"({sorted(vocab)}) with non-negative weights, not all zero")
-        if self.safety.mode != "off" and not (self.safety.concepts or self.safety.classifier):
-            raise ValueError("safety.mode is on but no concepts or classifier are configured")
-        return self
-
-
 class C2paSpec(Strict):
     """Signed C2PA manifest on every published image (``pipelines.publish.c2pa``)."""
 
@@ -498,87 +318,6 @@ class JobSpec(Strict):
         return spec
 
 
-def _resolve_relative(spec: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Model and manifest paths that start with '.' or exist beside the spec are relative to the
-    spec file, so jobs run from any cwd; hub ids and URLs pass through untouched."""
-
-    def fix(v: str | None) -> str | None:
-        if not v or "://" in v or Path(v).is_absolute():
-            return v
-        cand = base / v
-        return os.path.normpath(cand) if cand.exists() or v.startswith(".") else v
-
-    m = spec.get("manifest") or {}
-    if isinstance(m, dict) and isinstance(m.get("path"), str):
-        m["path"] = fix(m["path"])
-    for section, keys in (("generator", ["model"]), ("clip", ["pretrained", "model_config_file", "tokenizer"])):
-        sec = spec.get(section)
-        if isinstance(sec, dict):
-            for k in keys:
-                if isinstance(sec.get(k), str):
-                    sec[k] = fix(sec[k])
-    _resolve_curation_paths(spec, fix)
-    return spec
 
 
-def _resolve_curation_paths(spec: dict[str, Any], fix: Any) -> None:
-    """Rule files, reference sets, prior datasets and the safety head, relative to the spec file."""
-    scr = spec.get("screen")
-    if isinstance(scr, dict) and isinstance(scr.get("rule_files"), list):
-        scr["rule_files"] = [fix(v) if isinstance(v, str) else v for v in scr["rule_files"]]
-    cur = spec.get("curation")
-    if not isinstance(cur, dict):
-        return
-    for key in ("references", "prior_datasets"):
-        for item in cur.get(key) or []:
-            if isinstance(item, dict) and isinstance(item.get("url"), str):
-                item["url"] = fix(item["url"])
-    clf = (cur.get("safety") or {}).get("classifier") if isinstance(cur.get("safety"), dict) else None
-    if isinstance(clf, dict) and isinstance(clf.get("path"), str):
-        clf["path"] = fix(clf["path"])
-
-
-def load_job(path: str | Path) -> JobSpec:
-    """Read a YAML job spec (safe_load) into a validated ``JobSpec``; errors name the file and field."""
-    p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{p}: job spec not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SpecError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{p}: a job spec must be a mapping at the top level")
-    written = copy.deepcopy(raw)
-    raw = _resolve_relative(raw, p.resolve().parent)
-    try:
-        spec = JobSpec.model_validate(raw)
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"] if x not in _UNION_TAGS)
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{p}: field '{loc}': {msg}")
-        raise SpecError("\n".join(lines)) from None
-    spec._source = str(path)
-    spec._written = _changed_strings(written, raw)
-    return spec
-
-
-# Tags of the discriminated unions above: pydantic puts them in error locations; users wrote none of them.
-_UNION_TAGS = {"TemplateSpec", "list"}
-
-
-def _changed_strings(before: Any, after: Any, prefix: str = "") -> dict[str, str]:
-    """Dotted keys of the strings ``_resolve_relative`` rewrote, with their values as written."""
-    if isinstance(before, str) and isinstance(after, str):
-        return {prefix.rstrip("."): before} if before != after else {}
-    pairs: Any = ()
-    if isinstance(before, dict) and isinstance(after, dict):
-        pairs = ((k, before[k], after[k]) for k in before if k in after)
-    elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        pairs = ((str(i), b, a) for i, (b, a) in enumerate(zip(before, after)))
-    out: dict[str, str] = {}
-    for k, b, a in pairs:
-        out.update(_changed_strings(b, a, f"{prefix}{k}."))
-    return out
+from pipelines.config.load import load_job  # noqa: E402 - after JobSpec, which it needs
