@@ -357,10 +357,11 @@ def test_plots_survive_empty_and_nan_inputs(monkeypatch):
 def test_bounded_samples_say_how_many_rows_they_used(ds, ref, monkeypatch):
     """Beyond its sample sizes the report keeps exact counts and means, computes quantiles, Vendi and the
     reference metrics on the deterministic samples, and says how many rows each used (sizes shrunk here so
-    the 32-sample dataset exceeds them)."""
-    from pipelines.report import decisions, scan
+    the 32-sample dataset exceeds them; shards decoded 3 samples at a time)."""
+    from pipelines.report import data, decisions, scan
 
     full, _ = R.build_report(Store(str(ds)), ref)
+    monkeypatch.setattr(scan, "iter_shard", lambda store, shard: data.iter_shard(store, shard, rows=3))
     for mod in (scan, decisions):
         monkeypatch.setattr(mod, "SCORE_SAMPLE", 10)
         monkeypatch.setattr(mod, "GROUP_SCORE_SAMPLE", 3)

@@ -7,6 +7,7 @@ until :func:`read_pngs` fetches the few the report shows or judges."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import tarfile
@@ -22,7 +23,7 @@ from pipelines.contracts.decisions import DECISIONS, TIMINGS, parts
 from pipelines.curation.groups import group_key  # the one group key (curation's)
 from pipelines.io.retry import retry_call
 from pipelines.io.store import Store
-from pipelines.report.settings import BATCH_ROWS, ReportError
+from pipelines.report.settings import BATCH_ROWS, SHARD_ROWS, ReportError
 
 KNOWN_DECISION_COLUMNS = {"sample_id", "prompt_id", "kept", "reasons", "flags", "stage", "clip_score"}
 # what an extra decisions column (or a rejection reason) is about, judged by its name
@@ -34,7 +35,7 @@ _ATTR = re.compile(r"attr|perceived|zero_shot|zeroshot|zs_", re.I)
 
 __all__ = ["DUPSIM", "KNOWN_DECISION_COLUMNS", "REFSIM", "SAFETY", "Dataset", "Extra", "ShardFiles", "attr_name",
            "emb_matrix", "extra_columns", "group_key", "iter_batches", "iter_records", "load_dataset", "not_none",
-           "part_columns", "read_json", "read_parquet", "read_pngs", "shard_embeddings"]
+           "iter_shard", "part_columns", "read_json", "read_parquet", "read_pngs"]
 
 
 # ============================================================================ helpers
@@ -136,25 +137,37 @@ def _iter_tar(store: Store, key: str, want: set[str]) -> Iterator[tuple[str, str
 
 
 def iter_records(store: Store, shard: ShardFiles) -> Iterator[dict[str, Any]]:
-    """Sample records of one shard, in shard order (Parquet ``record`` column, else the tar's json)."""
+    """Sample records of one shard, in shard order (Parquet ``record`` column, else the tar's json), decoded
+    as they are consumed."""
     if shard.parquet:
         t = read_parquet(store, shard.parquet, ["record"])
-        for r in t.column("record").to_pylist():
-            yield json.loads(r)
+        for batch in t.to_batches(max_chunksize=1024):
+            for r in batch.column(0).to_pylist():
+                yield json.loads(r)
     elif shard.tar:
         for _, _, data in _iter_tar(store, shard.tar, {"json"}):
             yield json.loads(data)
 
 
-def shard_embeddings(store: Store, shard: ShardFiles, ids: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(image, text) embeddings of one shard's samples, rows in ``ids`` order; (None, None) if not published."""
-    if not shard.emb:
-        return None, None
-    t = read_parquet(store, shard.emb, ["sample_id", "image_emb", "text_emb"])
-    if t is None or t.column("sample_id").to_pylist() != ids:
+def iter_shard(store: Store, shard: ShardFiles, rows: int = SHARD_ROWS
+               ) -> Iterator[tuple[list[dict[str, Any]], np.ndarray | None, np.ndarray | None]]:
+    """(records, image embeddings, text embeddings) of one shard, ``rows`` samples at a time, so a large shard
+    is never decoded whole; embeddings are None where the shard has none published."""
+    emb = read_parquet(store, shard.emb, ["sample_id", "image_emb", "text_emb"]) if shard.emb else None
+    done = 0
+    records = iter_records(store, shard)
+    while recs := list(itertools.islice(records, rows)):
+        img = txt = None
+        if emb is not None:
+            t = emb.slice(done, len(recs))
+            if t.column("sample_id").to_pylist() != [r["sample_id"] for r in recs]:
+                raise ReportError(f"{shard.emb}: rows do not line up with shard {shard.no}")
+            img = emb_matrix(t.column("image_emb"))
+            txt = emb_matrix(t.column("text_emb")) if "text_emb" in t.column_names else None
+        done += len(recs)
+        yield recs, img, txt
+    if emb is not None and emb.num_rows != done:
         raise ReportError(f"{shard.emb}: rows do not line up with shard {shard.no}")
-    return emb_matrix(t.column("image_emb")), (emb_matrix(t.column("text_emb")) if "text_emb" in t.column_names
-                                               else None)
 
 
 def read_pngs(store: Store, shard: ShardFiles, ids: set[str]) -> dict[str, bytes]:

@@ -1,4 +1,4 @@
-"""One pass over the published samples, shard by shard (records and embeddings of one shard at a time), into
+"""One pass over the published samples, shard by shard (records and embeddings a few thousand at a time), into
 bounded aggregates: counts and CLIPScore summaries per prompt group, residual exact duplicates, the
 deterministic samples of embeddings the diversity and reference metrics use, every sample's top-1 cosine
 to a reference set, and the few samples the report shows or judges (lowest sha256 of the sample id per
@@ -16,7 +16,7 @@ import numpy as np
 
 from pipelines.curation.groups import group_key
 from pipelines.report import metrics as M
-from pipelines.report.data import Dataset, iter_records, shard_embeddings
+from pipelines.report.data import Dataset, iter_records, iter_shard
 from pipelines.report.settings import (CLOSEST_PAIRS, DIST_SAMPLE, EMB_PER_GROUP, GRID_PER_GROUP, GROUP_SCORE_SAMPLE,
                                        JUDGE_PER_GROUP, MEMO_THRESHOLD, NONFINITE_LISTED, SCORE_SAMPLE)
 from pipelines.report.stream import DupCounter, IdList, Reservoir, ScoreStats, Smallest, sample_keys, string_codes
@@ -93,7 +93,11 @@ class SampleScan:
         self.found: dict[str, int] = {}  # candidate sample id -> its shard
 
     def add_shard(self, ds: Dataset, shard: Any) -> None:
-        recs = list(iter_records(ds.store, shard))
+        """One shard, a few thousand samples at a time (:func:`~pipelines.report.data.iter_shard`)."""
+        for recs, img, txt in iter_shard(ds.store, shard):
+            self._add(recs, img, txt, shard.no)
+
+    def _add(self, recs: list[dict[str, Any]], img: np.ndarray | None, txt: np.ndarray | None, shard: int) -> None:
         m = len(recs)
         ids = [r["sample_id"] for r in recs]
         attrs = [r.get("attributes") for r in recs]
@@ -104,7 +108,6 @@ class SampleScan:
         prompts = [sys.intern(r.get("prompt", "")) for r in recs]
         clip = np.array([float((r.get("clip") or {}).get("score", float("nan"))) for r in recs], np.float64)
         pixels = [(r.get("image") or {}).get("pixel_sha256", "") for r in recs]
-        del recs
         pos = np.arange(self.n, self.n + m)
         self.n += m
         keys = sample_keys(ids)
@@ -117,12 +120,10 @@ class SampleScan:
             self.clip_by_group.setdefault(g, ScoreStats(GROUP_SCORE_SAMPLE)).add(keys[rows], pos[rows], clip[rows])
         self.bad["clip_score"].extend_capped([ids[i] for i in np.flatnonzero(~np.isfinite(clip))])
         self.pixels.add(string_codes(pixels))
-        self.found |= {s: shard.no for s in ids if s in self.candidates}
-
-        img, txt = shard_embeddings(ds.store, shard, ids)
+        self.found |= {s: shard for s in ids if s in self.candidates}
         self.img_complete &= img is not None
         self.txt_complete &= txt is not None
-        picks = self._offer_picks(ids, groups, prompts, clip, pos, shard.no, img)
+        picks = self._offer_picks(ids, groups, prompts, clip, pos, shard)
         if img is None:
             return
         bad = M.nonfinite_rows(img)
@@ -147,10 +148,10 @@ class SampleScan:
             if diff.size:
                 self.clip_diff = max(self.clip_diff or 0.0, float(diff.max()))
         if self.ref is not None and not bad and img.shape[1] == self.ref.rem.shape[1]:
-            self.ref.add(ids, keys, pos, img, shard.no)
+            self.ref.add(ids, keys, pos, img, shard)
 
     def _offer_picks(self, ids: list[str], groups: list[str], prompts: list[str], clip: np.ndarray,
-                     pos: np.ndarray, shard: int, img: np.ndarray | None) -> list[tuple[Pick, int]]:
+                     pos: np.ndarray, shard: int) -> list[tuple[Pick, int]]:
         """Offer every sample to its group's grid and judge choices; the picks built (to attach embeddings)."""
         made = []
         for i, (sid, g) in enumerate(zip(ids, groups)):

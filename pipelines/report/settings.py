@@ -24,6 +24,7 @@ EMB_PER_GROUP = 1000  # image embeddings per group for its Vendi score and near-
 FLAGGED_LISTED = 1000  # flagged samples listed in report.json (all are counted)
 NONFINITE_LISTED = 1000  # sample ids named per input with NaN/inf values (all are counted)
 BATCH_ROWS = 65536  # decisions / timings rows read at a time
+SHARD_ROWS = 4096  # samples of a shard (records, embeddings) decoded at a time
 N_BOOT = 1000
 SEED = 0
 
