@@ -4,6 +4,7 @@ whose generation raises. Each ends with ``verify`` passing and every sample pres
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -135,6 +136,16 @@ def test_a_failing_sample_is_recorded_and_the_rest_completes(tiny_models, ray_cl
     assert dec["broken_00000"]["reasons"][0].startswith("generation_failed: ")
     assert sorted(_keys(out)) == ["i2i_00000", "i2i_00001", "txt_00000", "txt_00001"]
     assert verify(str(out))[0] == []
+    index = json.loads((out / "index.json").read_text())
+    assert index["counts"]["failed"] == 1
+    # the input was fixed (a transient failure): a rerun of the same job regenerates only the unit with the
+    # failed sample (staging was kept for it) and republishes without the hole, no --overwrite needed
+    Image.new("RGB", (32, 32), (30, 30, 200)).save(bad, format="PNG")
+    res = CliRunner().invoke(app, ["run", str(write_job(tmp_path / "job.yaml", spec)), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert sorted(_keys(out)) == ["broken_00000", "i2i_00000", "i2i_00001", "txt_00000", "txt_00001"]
+    assert json.loads((out / "index.json").read_text())["counts"]["failed"] == 0
+    assert not (out / "_staging").exists()
     spec["max_failed_fraction"] = 0.5
     res = CliRunner().invoke(app, ["run", str(write_job(tmp_path / "job.yaml", spec)), "--quiet", "--overwrite"])
     assert res.exit_code == 0, res.output

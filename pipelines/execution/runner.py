@@ -164,7 +164,13 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
 
     index = read_index(store)
     if index is not None:
-        if index["job"].get("fingerprint") == prep.dataset_fingerprint and not overwrite:
+        same = index["job"].get("fingerprint") == prep.dataset_fingerprint
+        if same and not overwrite and index["counts"].get("failed"):
+            # published with holes (samples whose generation failed): staging was kept for this; the units
+            # with failed samples are regenerated and the dataset republished whole
+            log("refilling_failed_samples", failed=index["counts"]["failed"])
+            overwrite = True
+        if same and not overwrite:
             log("already_published", url=spec.output.url)
             return RunResult(spec.output.url, prep.dataset_fingerprint, index["counts"], times, 0.0, 0, len(prep.units),
                              already_published=True)
@@ -219,7 +225,7 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
     counts = publish_dataset(store, prep, curated, shards, gen_info, clip_info, stage_seconds={**times, **{
         f"{k} (actor busy)": v for k, v in busy.items()}}, started=t_start)
     times["publish"] = time.perf_counter() - t
-    if not spec.output.keep_staging:
+    if not spec.output.keep_staging and not n_failed:  # with failed samples a rerun regenerates only their units
         staging.clear()
     log("published", url=spec.output.url, **counts)
     if n_failed:

@@ -37,8 +37,9 @@ def publish_dataset(store: Store, prep: "Prepared", curated: "Curated", shards: 
     label = labeller(prep)
     kept = curated.kept
     reasons = curated.rejections
+    failed = sum(v for k, v in reasons.items() if k.startswith("generation_failed"))
     counts = {"planned": prep.planned, "kept": kept, "rejected": prep.planned - kept,
-              "shards": len(shards), "prompts": prep.manifest.num_rows}
+              "shards": len(shards), "prompts": prep.manifest.num_rows, "failed": failed}
     files = {
         "manifest.parquet": write_parquet(store, "manifest.parquet", prep.manifest),
         **curated.files,
