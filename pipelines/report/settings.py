@@ -23,8 +23,8 @@ GROUP_SCORE_SAMPLE = 5000  # the same, per prompt group
 EMB_PER_GROUP = 1000  # image embeddings per group for its Vendi score and near-duplicates (overall: DIST_SAMPLE)
 FLAGGED_LISTED = 1000  # flagged samples listed in report.json (all are counted)
 NONFINITE_LISTED = 1000  # sample ids named per input with NaN/inf values (all are counted)
-BATCH_ROWS = 65536  # decisions / timings rows read at a time
-SHARD_ROWS = 4096  # samples of a shard (records, embeddings) decoded at a time
+BATCH_ROWS = 8192  # decisions / timings rows decoded at a time
+SHARD_ROWS = 1024  # samples of a shard (records ~6 KB as Python objects, embeddings) decoded at a time
 N_BOOT = 1000
 SEED = 0
 

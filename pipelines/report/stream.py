@@ -66,7 +66,7 @@ class Reservoir:
         self._pos.append(np.asarray(pos, np.int64))
         self._vals.append(np.asarray(vals, self._vals[0].dtype))
         self._held += len(keys)
-        if self._held > 2 * self.k:
+        if self._held > self.k + max(self.k // 2, 256):  # held rows stay within 1.5 k (+ one batch)
             self._compact()
 
     def _compact(self) -> None:
