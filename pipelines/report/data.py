@@ -58,14 +58,21 @@ def read_parquet(store: Store, key: str, columns: list[str] | None = None) -> pa
     if not store.exists(key):
         return None
 
+    def read(pf: pq.ParquetFile) -> pa.Table:
+        cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+        return pf.read(columns=cols)
+
     def go() -> pa.Table:
         with store.fs.open(store.path(key), "rb") as f:
-            pf = pq.ParquetFile(f)
-            cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
-            return pf.read(columns=cols)
+            return read(pq.ParquetFile(f))
 
-    return retry_call(go, what=f"{store.url.rstrip('/')}/{key}", attempts=store.retries,
-                      base_delay=store.retry_base_delay)
+    try:
+        return retry_call(go, what=f"{store.url.rstrip('/')}/{key}", attempts=store.retries,
+                          base_delay=store.retry_base_delay)
+    except (pa.ArrowInvalid, OSError):
+        # a ranged read cut short by a flaky store surfaces as a malformed file, which is not a transient
+        # error class: read the object whole instead (the store's verified whole-object read and its retries)
+        return read(pq.ParquetFile(io.BytesIO(store.read_bytes(key))))
 
 
 def iter_batches(store: Store, keys: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
