@@ -76,3 +76,10 @@ def job_dict(models: Path, out: str, **over: Any) -> dict[str, Any]:
 def write_job(path: Path, spec: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def resolve_job_clip(spec: dict[str, Any]) -> dict[str, Any]:
+    """A shipped job's toy-CLIP paths (relative to jobs/) made absolute, for a copy written elsewhere."""
+    for k in ("pretrained", "model_config_file", "tokenizer"):
+        spec["clip"][k] = str((ROOT / "jobs" / spec["clip"][k]).resolve())
+    return spec

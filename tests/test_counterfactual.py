@@ -21,7 +21,7 @@ from pipelines.execution.runner import run
 from pipelines.generate.edits import named_region_mask
 from pipelines.toyworld import counterfactual as cf
 
-from .conftest import ROOT
+from .conftest import ROOT, resolve_job_clip
 
 TOY = ROOT / "pipelines" / "toyworld" / "assets"
 
@@ -30,8 +30,7 @@ def _job(tmp: Path, num_images: int) -> Path:
     spec = yaml.safe_load((ROOT / "jobs" / "counterfactual.yaml").read_text())
     spec["manifest"]["path"] = str(cf.write(tmp / "inputs", num_images=num_images))  # absolute image paths
     spec["generator"]["model"] = str(TOY / "diffusion")
-    for k in ("pretrained", "model_config_file", "tokenizer"):
-        spec["clip"][k] = str((ROOT / "jobs" / spec["clip"][k]).resolve())
+    resolve_job_clip(spec)
     spec["output"]["url"] = str(tmp / "out")
     spec["unit_size"] = 4
     path = tmp / "counterfactual.yaml"

@@ -18,7 +18,7 @@ from pipelines.config import load_job
 from pipelines.execution.runner import run
 from pipelines.publish.verify import verify
 
-from .conftest import ROOT
+from .conftest import ROOT, resolve_job_clip
 from .test_dicom import KNOWN_DICTIONARY_GAP
 
 
@@ -27,8 +27,7 @@ def _job(tmp_path: Path, **generator) -> Path:
     for grid in spec["manifest"]["template"]:
         grid["num_images"], grid["seeds"] = 2, grid["seeds"][:1]
     spec["generator"] |= generator
-    for k in ("pretrained", "model_config_file", "tokenizer"):
-        spec["clip"][k] = str((ROOT / "jobs" / spec["clip"][k]).resolve())
+    resolve_job_clip(spec)
     spec["output"]["url"] = str(tmp_path / "out")
     spec["unit_size"] = 4
     path = tmp_path / "radiology.yaml"

@@ -26,12 +26,7 @@ from pipelines.toyworld.models import (
     CLIP_WEIGHTS,
 )
 from pipelines.toyworld.tokenizer import CONTEXT_LENGTH, save_tokenizer
-from pipelines.toyworld.training import (
-    Progress,
-    cosine_lr,
-    seed_everything,
-    write_report,
-)
+from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
 
 SEED = 0
 STEPS = 2000

@@ -39,12 +39,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from pipelines.toyworld.captions import caption
 from pipelines.toyworld.data import DIFFUSION_SKEW, render_examples, training_examples
 from pipelines.toyworld.models import CLIP_TOKENIZER, DIFFUSION_DEFAULTS, DIFFUSION_DIR
-from pipelines.toyworld.training import (
-    Progress,
-    cosine_lr,
-    seed_everything,
-    write_report,
-)
+from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
 
 SEED = 0
 N_TRAIN = 30000

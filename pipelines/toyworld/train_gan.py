@@ -26,12 +26,7 @@ from pipelines.toyworld.gan import (
 )
 from pipelines.toyworld.judge import judge
 from pipelines.toyworld.models import GAN_DIR
-from pipelines.toyworld.training import (
-    Progress,
-    cosine_lr,
-    seed_everything,
-    write_report,
-)
+from pipelines.toyworld.training import Progress, cosine_lr, seed_everything, write_report
 from pipelines.toyworld.world import P_TWO_SHAPES
 
 SEED = 0
