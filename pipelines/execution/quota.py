@@ -32,6 +32,7 @@ class QuotaLoop:
         self.round = 0
         self.rounds_of: dict[str, int] = {g: 1 for g in prep.quota_rows}  # rounds in which a group generated
         self.short: list[str] = []
+        self.group_of = {r: g for g, rows in prep.quota_rows.items() for r in rows}  # row -> its group
         self.last: targets.RoundPlan | None = None
 
     def status(self, curated: "Curated") -> dict[str, targets.GroupStatus]:
@@ -64,7 +65,7 @@ class QuotaLoop:
             staging.store.write_bytes(key, parquet_bytes(table))
         for r, n in plan.extra.items():
             self.totals[r] += n
-        self.short = sorted({g for g, rows in self.prep.quota_rows.items() if set(rows) & set(plan.extra)})
+        self.short = sorted({self.group_of[r] for r in plan.extra})
         for g in self.short:
             self.rounds_of[g] = self.rounds_of.get(g, 1) + 1
         self.prep.rounds.append({"round": self.round, "samples": int(sum(plan.extra.values())),

@@ -26,6 +26,7 @@ from pipelines.errors import SpecError
 from pipelines.io.lease import Lease
 from pipelines.publish.provenance import weights_sha256
 from pipelines.publish.job import publish_dataset
+from pipelines.contracts.decisions import parquet_bytes
 from pipelines.contracts.unit import Staging
 from pipelines.io.store import Store
 from pipelines.execution.quota import QuotaLoop
@@ -182,7 +183,7 @@ def _run_leased(spec: JobSpec, prep: Prepared, store: Store, times: dict[str, fl
         store.delete(INDEX)  # the old dataset is absent from here on
 
     staging = Staging(store, prep.fingerprint)
-    staging.store.write_bytes(f"{staging.prefix}/manifest.parquet", _parquet(prep.manifest))
+    staging.store.write_bytes(f"{staging.prefix}/manifest.parquet", parquet_bytes(prep.manifest))
     if prep.screened:
         log("screened", samples=len(prep.screened))
     busy: dict[str, float] = {"generate": 0.0, "embed": 0.0}
@@ -260,16 +261,6 @@ def _generate(spec: JobSpec, prep: Prepared, units: list[plan.UnitRange], stagin
             log("unit_staged", unit=res["unit_id"], samples=res["n"])
         bar.close()
     return sum(u.n for u in pending), len(pending), len(units) - len(pending), time.perf_counter() - t
-
-
-def _parquet(table: pa.Table) -> bytes:
-    import io
-
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
 
 
 def check_output_shared(spec: JobSpec, quiet: bool = False) -> None:
