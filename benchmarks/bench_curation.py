@@ -4,7 +4,7 @@ The staged units are synthetic (``stage_synthetic``: real Parquet units in the s
 PNGs, clustered unit-norm embeddings with planted exact / perceptual / semantic duplicates, a few
 failed samples), so 200k samples stage in seconds instead of hours of generation on 2 cores. Each
 mode runs in its own process so peak RSS (``ru_maxrss``, the driver alone: Ray workers are other
-processes) is not inherited: "driver" concatenates the light columns and runs ``curate.decide`` (what
+processes) is not inherited: "driver" concatenates the light columns and runs ``single.decide`` (what
 the runner did before issue 10), "cluster" runs ``curate_units`` on a local Ray cluster. Writes
 ``benchmarks/results/curation.json``.
 """
@@ -120,10 +120,10 @@ def run_mode(mode: str, url: str, fingerprint: str, units: list[str]) -> dict[st
     if mode == "driver":
         import pyarrow.compute as pc
 
-        from pipelines.curation import curate
+        from pipelines.curation import single
 
         light = pa.concat_tables([staging.read_unit(u, LIGHT_COLUMNS) for u in units])
-        dec = curate.decide(light.filter(pc.is_null(light.column("error"))), spec, [])
+        dec = single.decide(light.filter(pc.is_null(light.column("error"))), spec, [])
         kept = int(pc.sum(dec.column("kept")).as_py())
     else:
         from pipelines.execution.curate_plan import choose_executor, curate_units

@@ -1,7 +1,7 @@
 """Curation and publishing on the cluster equal the single-process path on the same staged units.
 
 Synthetic staged units (real Parquet in the staging layout, planted exact / perceptual / semantic
-duplicates, failed samples) are curated by ``curate.decide`` over the concatenated light columns
+duplicates, failed samples) are curated by ``single.decide`` over the concatenated light columns
 (what the driver did before) and by ``curate_units`` split into one-unit blocks and three buckets,
 inline and as Ray tasks: the decisions rows and the summary must be equal, the decisions and timings
 parts listed, and the shards written by tasks byte-identical to one process rolling them.
@@ -21,7 +21,7 @@ from pipelines.config import JobSpec
 from pipelines.contracts.decisions import DECISIONS, TIMINGS, parts
 from pipelines.contracts.record import build_record
 from pipelines.contracts.unit import LIGHT_COLUMNS, Staging, meta
-from pipelines.curation import curate
+from pipelines.curation import curate, single
 from pipelines.curation.context import build_context
 from pipelines.execution.curate_plan import Executor, Where, curate_units
 from pipelines.execution.publish_plan import write_shards
@@ -56,7 +56,7 @@ def staged(tiny_models, tmp_path_factory):
     screened = [{"sample_id": "s/0", "prompt_id": "s", "reasons": ["prompt_screen:term:x"]}]
     # the context as the cluster builds it (text embeddings at the embed actors' thread count)
     ctx = build_context(spec.curation, spec.clip, True, spec.resources.embed.torch_threads)
-    reference = curate.decide(light.filter(pc.is_null(light.column("error"))), spec, screened, ctx)
+    reference = single.decide(light.filter(pc.is_null(light.column("error"))), spec, screened, ctx)
     failed = light.filter(pc.is_valid(light.column("error")))
     reference = pa.concat_tables([reference, curate.failed_table(failed.to_pylist())])
     return spec, staging, units, screened, reference

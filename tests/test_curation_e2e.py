@@ -17,7 +17,7 @@ import webdataset as wds
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.curation import curate
+from pipelines.curation import curate, single
 from pipelines.cli import app
 from pipelines.config import JobSpec
 from pipelines.curation.dedup.hashes import perceptual_hash
@@ -223,7 +223,7 @@ def test_planted_duplicates_are_caught_by_the_right_method(run_a, tiny_models):
     cfg = {"dedup": {"perceptual": {"enabled": True, "max_distance": 12},
                      "semantic": {"enabled": True, "eps": 0.002, "cluster_size": 16}, "keep": "best_clip"}}
     spec2 = JobSpec.model_validate({**spec.model_dump(), "curation": cfg})
-    dec = curate.decide(light, spec2, []).to_pylist()
+    dec = single.decide(light, spec2, []).to_pylist()
     for method in ("exact_duplicate", "perceptual_duplicate", "semantic_duplicate"):
         flagged = {r["sample_id"] for r in dec if method in r["reasons"]}
         planted = {s for s, m in expect.items() if m == method}

@@ -2,7 +2,7 @@
 CLIP on procedural images (no diffusion run needed: the images are drawn from the world's own prior,
 the distribution the toy generator is trained to reproduce, planted skew included).
 
-Both go through ``curate.decide`` on a light table built exactly like a staged run's (hashes,
+Both go through ``single.decide`` on a light table built exactly like a staged run's (hashes,
 pHash, CLIP embeddings and scores from the job's CLIP), so the measured mechanism is the
 pipeline's own."""
 
@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipelines.curation import bias
 
-from pipelines.curation import curate
+from pipelines.curation import curate, single
 
 from pipelines.curation import safety
 from pipelines.config import ClipSpec, CurationSpec, JobSpec
@@ -96,7 +96,7 @@ def test_safety_concept_flags_the_concept_and_not_others(embedder):
     y = truth(imgs)
     light = _light(embedder, imgs, ["a shape"] * len(imgs), [{}] * len(imgs))
     spec = _spec({"safety": {"mode": "filter", "concepts": [{**TRIANGLE, "threshold": threshold}]}})
-    dec = curate.decide(light, spec, [])
+    dec = single.decide(light, spec, [])
     flagged = np.array(["unsafe:triangle" in r for r in dec.column("reasons").to_pylist()])
     tp = int((flagged & y).sum())
     precision, recall = tp / max(int(flagged.sum()), 1), tp / int(y.sum())
@@ -106,7 +106,7 @@ def test_safety_concept_flags_the_concept_and_not_others(embedder):
     scores = np.array([dict(m)["triangle"] for m in dec.column("safety_scores").to_pylist()])
     assert ((scores >= threshold) == flagged).all()
     # report mode: the same samples are flagged but kept; images are never altered
-    rep = curate.decide(light, _spec({"safety": {"mode": "report", "concepts": [{**TRIANGLE, "threshold": threshold}]}}),
+    rep = single.decide(light, _spec({"safety": {"mode": "report", "concepts": [{**TRIANGLE, "threshold": threshold}]}}),
                         [])
     assert all(rep.column("kept").to_pylist())
     assert np.array(["unsafe:triangle" in f for f in rep.column("flags").to_pylist()]).tolist() == flagged.tolist()
@@ -125,7 +125,7 @@ def test_safety_classifier_head_from_a_file(embedder, tmp_path):
     path = tmp_path / "head.safetensors"
     safety.save_classifier(str(path), ["phantom"], w[None], np.array([b]))
     spec = _spec({"safety": {"mode": "filter", "classifier": {"path": str(path), "threshold": 0.5}}})
-    dec = curate.decide(_light(embedder, imgs, ["x"] * len(imgs), [{}] * len(imgs)), spec, [])
+    dec = single.decide(_light(embedder, imgs, ["x"] * len(imgs), [{}] * len(imgs)), spec, [])
     flagged = np.array(["unsafe:clf:phantom" in r for r in dec.column("reasons").to_pylist()])
     assert (flagged == y.astype(bool)).mean() >= 0.95
 
@@ -145,7 +145,7 @@ def test_bias_audit_finds_the_planted_skew_and_rebalancing_removes_it(embedder):
     light = _light(embedder, imgs, [f"a {s}" for s in shapes], [{"shape": s} for s in shapes])
     spec = _spec({"bias": {"attributes": {"colour": _colour_vocab()}, "group_by": ["shape"], "bootstrap": 1000},
                   "rebalance": {"attribute": "colour", "target": "uniform", "prefer": "first"}})
-    dec = curate.decide(light, spec, [])
+    dec = single.decide(light, spec, [])
     summary = curate.summary_of(dec)
     json.dumps(summary)  # serialisable as curation.json
     colours = list(world.COLOURS)

@@ -56,7 +56,7 @@ class Context:
 
 def build_context(cur: "CurationSpec", clip: "ClipSpec", any_samples: bool, torch_threads: int | None = None
                   ) -> Context:
-    """Load earlier datasets and reference sets, embed reference images and prompts (as ``curate.decide``)."""
+    """Load earlier datasets and reference sets, embed reference images and prompts (as ``single.decide``)."""
     need_text = any_samples and (cur.safety.mode != "off" or bool(cur.bias.attributes))
     need_images = any_samples and any(not r.url.endswith((".npy", ".parquet")) for r in cur.references)
     embedder, ctx = None, Context()

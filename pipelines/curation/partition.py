@@ -1,7 +1,7 @@
 """Curation of one partition ("block": consecutive work units) between the cluster-wide steps.
 
 Pure functions (no ray): ``pipelines/execution/curate_plan.py`` runs them as tasks and moves their
-small outputs. The order of stages and every per-sample value are those of ``curate.decide``; a
+small outputs. The order of stages and every per-sample value are those of ``single.decide``; a
 block's samples carry global indices (``offset`` + row) so priorities and tie-breaks are global.
 
 - ``score_block``: stages 1-4 and perceived attributes (per sample; summary parts that add up);

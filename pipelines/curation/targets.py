@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.curation.shuffle import concat, group_buckets, per_block, split
+
 # A group whose acceptance stays below this after `min_tries` generated samples is declared
 # unachievable rather than looped on until max_rounds (the model cannot draw it, or its prompts
 # cannot produce it).
@@ -195,25 +197,19 @@ def _stratified(rank: np.ndarray, stratum: np.ndarray, weights: np.ndarray, targ
 # ------------------------------------------------------------- the quota stage over partitions
 def quota_map(block: Any, p: int, attribute: str | None = None) -> list[dict[str, Any]]:
     """A block's survivors of every earlier stage, bucketed by group hash (a group meets in one reduce)."""
-    import zlib
-
-    from pipelines.curation.dedup.partitioned import _split
-
     rows = np.flatnonzero(block.st.alive("rebalance"))
     labels = block.perceived[0][attribute][rows] if attribute and block.perceived else np.zeros(len(rows), np.int64)
     part = {"gidx": block.gidx[rows], "clip": block.st.clip[rows], "group": [block.qgroup[i] for i in rows],
             "stratum": labels}
-    return _split(part, np.array([zlib.crc32(g.encode()) % p for g in part["group"]], np.int64), p)
+    return split(part, group_buckets(part["group"], p), p)
 
 
 def quota_reduce(per_group: int | Mapping[str, int], rule: str, weights: np.ndarray | None, bounds: np.ndarray,
                  *parts: dict[str, Any]) -> list[Any]:
     """[per-group records, then per block: the surplus samples' global indices]."""
-    from pipelines.curation.dedup.partitioned import _concat, _per_block
-
-    r = _concat(parts)
+    r = concat(parts)
     gidx = np.asarray(r["gidx"], np.int64)
     chosen, records = select(list(r["group"]), np.asarray(r["clip"], np.float64), gidx, per_group, rule,
                              np.asarray(r["stratum"], np.int64) if weights is not None else None, weights)
-    return [records, *_per_block(bounds, gidx[~chosen])]
+    return [records, *per_block(bounds, gidx[~chosen])]
 

@@ -2,7 +2,7 @@
 
 Each ``*_map`` splits a block's candidates into ``P`` buckets, each ``*_reduce`` decides one bucket
 and returns ``[summary part, result for block 0, ..., result for block B-1]`` so results flow back
-to the blocks without passing through one process. Equal to ``curate._within_run`` because:
+to the blocks without passing through one process. Equal to ``single._within_run`` because:
 
 - exact: equal hashes share a bucket (hash partitioning), and ``resolve`` decides each duplicate set
   on its own; pairs come out in global order within a bucket, as they do globally;
@@ -19,7 +19,6 @@ to the blocks without passing through one process. Equal to ``curate._within_run
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import numpy as np
@@ -30,36 +29,7 @@ from pipelines.curation.dedup import semantic as semdedup
 from pipelines.curation.dedup.hashes import Pairs, unique_pairs
 from pipelines.curation.curate import nullable
 from pipelines.curation.partition import Block, apply_drops, keys, local_rank
-
-Part = dict[str, Any]
-
-
-def _split(rows: Part, bucket: np.ndarray, p: int) -> list[Part]:
-    out = []
-    for b in range(p):
-        sel = np.flatnonzero(bucket == b)
-        out.append({k: (v[sel] if isinstance(v, np.ndarray) else [v[i] for i in sel]) for k, v in rows.items()})
-    return out
-
-
-def _concat(parts: tuple[Part, ...]) -> Part:
-    nonempty = [p for p in parts if len(p["gidx"])]
-    parts = tuple(nonempty) or parts[:1]
-    out: Part = {}
-    for k in parts[0]:
-        vals = [p[k] for p in parts]
-        out[k] = np.concatenate(vals) if isinstance(vals[0], np.ndarray) else [x for v in vals for x in v]
-    return out
-
-
-def _route(bounds: np.ndarray, gidx: np.ndarray) -> np.ndarray:
-    """Block of every global index (``bounds``: first index of every block, then the total)."""
-    return np.searchsorted(bounds, gidx, side="right") - 1
-
-
-def _per_block(bounds: np.ndarray, gidx: np.ndarray, **cols: Any) -> list[Part]:
-    return _split({"gidx": gidx, **cols}, _route(bounds, gidx), len(bounds) - 1)
-
+from pipelines.curation.shuffle import Part, concat, group_buckets, per_block, split
 
 def _rows(block: Block, rows: np.ndarray) -> Part:
     k = keys(block, rows)
@@ -70,18 +40,18 @@ def _rows(block: Block, rows: np.ndarray) -> Part:
 def exact_map(block: Block, p: int) -> list[Part]:
     rows = np.array([i for i, h in enumerate(block.sha) if h is not None], np.int64)
     part = {**_rows(block, rows), "sha": [block.sha[i] for i in rows]}
-    return _split(part, np.array([int(h[:15], 16) % p for h in part["sha"]], np.int64), p)
+    return split(part, np.array([int(h[:15], 16) % p for h in part["sha"]], np.int64), p)
 
 
 def exact_reduce(policy: str, bounds: np.ndarray, *parts: Part) -> list[Any]:
-    r = _concat(parts)
+    r = concat(parts)
     order = np.argsort(r["gidx"], kind="stable")
     r = {k: (v[order] if isinstance(v, np.ndarray) else [v[i] for i in order]) for k, v in r.items()}
     pairs = dedup.exact_pairs(r["sha"])
     drop, of, _ = dedup.resolve(len(order), pairs, local_rank(r, policy))
     d = np.flatnonzero(drop)
     return [{"pairs": len(pairs), "removed": int(drop.sum())},
-            *_per_block(bounds, r["gidx"][d], of=[r["sid"][o] for o in of[d]])]
+            *per_block(bounds, r["gidx"][d], of=[r["sid"][o] for o in of[d]])]
 
 
 # ----------------------------------------------------------------------------------- perceptual
@@ -91,13 +61,13 @@ def perceptual_map(block: Block) -> Part:
 
 
 def perceptual_reduce(r: int, policy: str, bounds: np.ndarray, *parts: Part) -> list[Any]:
-    c = _concat(parts)
+    c = concat(parts)
     pairs, method = dedup.hamming_pairs(c["code"], r)
     nn, nd = dedup.nearest_from_pairs(len(c["gidx"]), pairs, closer="low")
     drop, of, _ = dedup.resolve(len(c["gidx"]), pairs, local_rank(c, policy), closer="low")
     d, h = np.flatnonzero(drop), np.flatnonzero(nn >= 0)
-    drops = _per_block(bounds, c["gidx"][d], of=[c["sid"][o] for o in of[d]])
-    near = _per_block(bounds, c["gidx"][h], sid=[c["sid"][o] for o in nn[h]], dist=nd[h])
+    drops = per_block(bounds, c["gidx"][d], of=[c["sid"][o] for o in of[d]])
+    near = per_block(bounds, c["gidx"][h], sid=[c["sid"][o] for o in nn[h]], dist=nd[h])
     return [{"max_distance": r, "method": method, "pairs": len(pairs), "removed": int(drop.sum())},
             *({"drops": a, "nn": b} for a, b in zip(drops, near))]
 
@@ -132,13 +102,13 @@ def sem_assign(block: Block, emb: np.ndarray, model: tuple | None, spill: float,
     rows["label"] = np.r_[labels, lab[g, 1]]
     rows["guest"] = np.r_[np.zeros(n, bool), np.ones(len(g), bool)]
     block.sem_labels = labels
-    return len(g), _split(rows, rows["label"] % p, p)
+    return len(g), split(rows, rows["label"] % p, p)
 
 
 def sem_reduce(threshold: float, c_bounds: np.ndarray, *parts: Part) -> list[Any]:
     """Pairs of every cluster of this bucket (with the keys of their members), and nearest neighbours
     routed to the blocks by candidate index."""
-    r = _concat(parts)
+    r = concat(parts)
     out_pairs: list[Part] = []
     nn_c, nn_sid, nn_cos = [], [], []
     for lab in np.unique(r["label"]).tolist():
@@ -156,7 +126,7 @@ def sem_reduce(threshold: float, c_bounds: np.ndarray, *parts: Part) -> list[Any
         nn_sid += [r["sid"][at[int(x)]] if x >= 0 else None for x in nn.tolist()]
         nn_cos.append(cos)
     c = np.concatenate(nn_c) if nn_c else np.zeros(0, np.int64)
-    near = _per_block(c_bounds, c, sid=nn_sid, cos=np.concatenate(nn_cos) if nn_cos else np.zeros(0, np.float32))
+    near = per_block(c_bounds, c, sid=nn_sid, cos=np.concatenate(nn_cos) if nn_cos else np.zeros(0, np.float32))
     return [{"clusters": len(out_pairs)}, {"pairs": out_pairs}, *near]
 
 
@@ -175,7 +145,7 @@ def sem_resolve(policy: str, any_guests: bool, c_bounds: np.ndarray, *parts: dic
     drop, of, _ = dedup.resolve(len(nodes), local, local_rank(k, policy))
     d = np.flatnonzero(drop)
     return [{"pairs": len(pairs), "removed": int(drop.sum())},
-            *_per_block(c_bounds, nodes[d], of=[key_of[int(nodes[o])][2] for o in of[d]])]
+            *per_block(c_bounds, nodes[d], of=[key_of[int(nodes[o])][2] for o in of[d]])]
 
 
 # ---------------------------------------------------------------------------------- rebalancing
@@ -183,20 +153,20 @@ def rebalance_map(block: Block, attribute: str, p: int) -> list[Part]:
     labels, _, groups = block.perceived or ({attribute: np.zeros(0, np.int64)}, None, [])
     rows = np.flatnonzero(block.st.alive("semantic_dedup"))
     part = {**keys(block, rows), "label": labels[attribute][rows], "group": [groups[i] for i in rows]}
-    return _split(part, np.array([zlib.crc32(g.encode()) % p for g in part["group"]], np.int64), p)
+    return split(part, group_buckets(part["group"], p), p)
 
 
 def rebalance_reduce(prefer: str, k: int, target: np.ndarray, bounds: np.ndarray, *parts: Part) -> list[Any]:
-    r = _concat(parts)
+    r = concat(parts)
     n = len(r["gidx"])
     sel, records = bias.rebalance(r["label"], k, r["group"], np.ones(n, bool), target,
                                   local_rank(r, prefer, with_rejected=False))
-    return [records, *_per_block(bounds, r["gidx"][~sel])]
+    return [records, *per_block(bounds, r["gidx"][~sel])]
 
 
 # ------------------------------------------------------------------------- results back to blocks
 def apply_exact(block: Block, *results: Part) -> Block:
-    apply_drops(block, _concat(results), "exact_duplicate", "exact_dedup", "exact_dup_of")
+    apply_drops(block, concat(results), "exact_duplicate", "exact_dedup", "exact_dup_of")
     return block
 
 
