@@ -6,8 +6,11 @@ lives in its corners), then a UNet on its latents with cross-attention only at 8
 (self-attention over 16x16 tokens would cost 3x the whole step), 32 channels at 16x16 and 64 at
 8x8 where a shape's outline is drawn, plus a pooled text embedding added to the time embedding
 (`addition_embed_type="text"`) so that global attributes such as colour and background reach
-every resolution. The tiny CLIPTextModel is trained jointly with the UNet, and captions are
-dropped 10% of the time so classifier-free guidance works. The training data carry a milder
+every resolution; the time and text embedding scale and shift every ResNet's normalised features
+(`resnet_time_scale_shift="scale_shift"`, AdaGN). The text encoder is the toy CLIP's text tower,
+frozen (`clip_text_encoder`), and the UNet's loss is weighted towards latent pixels under a
+shape's outline (`UNET_EDGE_WEIGHT`). Captions are dropped 10% of the time so classifier-free
+guidance works. The training data carry a milder
 planted prior than the world's default (`data.DIFFUSION_SKEW`). Nothing here is custom at
 inference time: the saved folder loads with `DiffusionPipeline.from_pretrained`.
 
@@ -45,6 +48,12 @@ SEED = 0
 N_TRAIN = 30000
 VAE_STEPS, VAE_BATCH, VAE_LR = 1200, 32, 1e-3
 VAE_EDGE_WEIGHT = 8.0  # extra reconstruction weight on pixels next to an edge
+# v3: the same edge weighting on the UNet's loss, over the latent pixels under a shape's outline.
+# With a flat loss, circle vs square (a few corner pixels) carried too little of the gradient:
+# v2 learnt shape from colour (red -> circle, 0% red squares even on training combinations) and
+# used the shape word only for triangles.
+UNET_EDGE_WEIGHT = 8.0
+TEXT_WIDTH = 128  # the toy CLIP's text width (the UNet's cross-attention dimension)
 UNET_BATCH = 64
 # (steps, peak learning rate) per stage; each stage warms up and decays again (a warm restart
 # from the previous stage's EMA weights), so a later stage can be run on its own with --resume.
@@ -71,13 +80,34 @@ def build_vae() -> AutoencoderKL:
         norm_num_groups=8, sample_size=32, mid_block_add_attention=False, force_upcast=False)
 
 
-def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    """Two-layer, 64-wide CLIP text transformer over the reduced vocabulary."""
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+def clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """The toy CLIP's text tower as a stock CLIPTextModel (frozen, as Stable Diffusion keeps CLIP
+    ViT-L's): its tokens already separate "circle" from "square" (97% zero-shot shape), where a text
+    encoder trained from scratch with the UNet gave the UNet little reason to. The open_clip weights
+    map one to one (fused q/k/v split); outputs are identical to open_clip's `ln_final` tokens."""
+    from pipelines.toyworld.models import load_clip
+
+    clip = load_clip()[0]
+    blocks = clip.transformer.resblocks
+    encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=clip.token_embedding.num_embeddings, hidden_size=clip.token_embedding.embedding_dim,
+        intermediate_size=blocks[0].mlp.c_fc.out_features, num_hidden_layers=len(blocks),
+        num_attention_heads=blocks[0].attn.num_heads,
+        max_position_embeddings=clip.positional_embedding.shape[0], hidden_act="gelu",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id))
+    state = {"embeddings.token_embedding.weight": clip.token_embedding.weight,
+             "embeddings.position_embedding.weight": clip.positional_embedding,
+             "final_layer_norm.weight": clip.ln_final.weight, "final_layer_norm.bias": clip.ln_final.bias}
+    for i, b in enumerate(blocks):
+        p = f"encoder.layers.{i}."
+        for n, w, bias in zip("qkv", b.attn.in_proj_weight.chunk(3), b.attn.in_proj_bias.chunk(3)):
+            state |= {p + f"self_attn.{n}_proj.weight": w, p + f"self_attn.{n}_proj.bias": bias}
+        for ours, theirs in (("self_attn.out_proj", b.attn.out_proj), ("layer_norm1", b.ln_1),
+                             ("layer_norm2", b.ln_2), ("mlp.fc1", b.mlp.c_fc), ("mlp.fc2", b.mlp.c_proj)):
+            state |= {p + f"{ours}.weight": theirs.weight, p + f"{ours}.bias": theirs.bias}
+    encoder.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
+    return encoder.eval().requires_grad_(False)
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -87,7 +117,7 @@ def build_unet() -> UNet2DConditionModel:
         block_out_channels=(32, 64, 64), norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=16,
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=16, resnet_time_scale_shift="scale_shift",
         addition_embed_type="text", addition_embed_type_num_heads=2)
 
 
@@ -102,6 +132,16 @@ def edge_weights(x: torch.Tensor) -> torch.Tensor:
     gy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs().sum(1, keepdim=True), (0, 0, 0, 1))
     edge = F.max_pool2d(((gx + gy) > 0.3).float(), 3, stride=1, padding=1)
     return 1 + VAE_EDGE_WEIGHT * edge
+
+
+def latent_edge_weights(images: torch.Tensor) -> torch.Tensor:
+    """Per-latent-pixel UNet loss weight: 1 + UNET_EDGE_WEIGHT where the 2x2 pixel patch a latent
+    pixel covers touches an outline (the pixel edge map, already dilated by one pixel)."""
+    out = []
+    for i in range(0, len(images), 1024):
+        edge = (edge_weights(images[i: i + 1024]) > 1).float()
+        out.append(1 + UNET_EDGE_WEIGHT * F.max_pool2d(edge, 2))
+    return torch.cat(out)
 
 
 def train_vae(images: torch.Tensor, gen: torch.Generator, steps: int) -> tuple[AutoencoderKL, Progress]:
@@ -146,15 +186,15 @@ def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: li
     return text_encoder(ids)[0]
 
 
-def train_unet(latents: tuple[torch.Tensor, torch.Tensor], examples: list, tokenizer: CLIPTokenizer,
-               models: tuple[UNet2DConditionModel, CLIPTextModel], stage: int,
-               checkpoint=None) -> tuple[UNet2DConditionModel, CLIPTextModel, Progress]:
-    """One stage of joint UNet + text-encoder training on cached latents; returns EMA weights."""
+def train_unet(latents: tuple[torch.Tensor, torch.Tensor], weights: torch.Tensor, examples: list,
+               tokenizer: CLIPTokenizer, models: tuple[UNet2DConditionModel, CLIPTextModel],
+               stage: int, checkpoint=None) -> tuple[UNet2DConditionModel, CLIPTextModel, Progress]:
+    """One stage of UNet training on cached latents under the frozen text encoder; returns the
+    EMA UNet (and the text encoder, unchanged)."""
     steps, peak_lr = UNET_STAGES[stage]
-    unet, text_encoder = (m.train() for m in models)
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    unet, text_encoder = models[0].train(), models[1].eval().requires_grad_(False)
+    ema_unet = copy.deepcopy(unet).eval()
+    params, ema_params = list(unet.parameters()), list(ema_unet.parameters())
     opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.01)
     scheduler = DDPMScheduler(**SCHEDULE)
     gen = torch.Generator().manual_seed(SEED + stage)  # per stage: a resumed stage is the same
@@ -170,9 +210,11 @@ def train_unet(latents: tuple[torch.Tensor, torch.Tensor], examples: list, token
                  for i in idx.tolist()]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (UNET_BATCH,), generator=gen)
-        pred = unet(scheduler.add_noise(x0, noise, t), t,
-                    encoder_hidden_states=encode_text(tokenizer, text_encoder, texts)).sample
-        loss = F.mse_loss(pred, scheduler.get_velocity(x0, noise, t))
+        with torch.no_grad():
+            states = encode_text(tokenizer, text_encoder, texts)
+        pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=states).sample
+        w = weights[idx]
+        loss = (w * (pred - scheduler.get_velocity(x0, noise, t)) ** 2).mean() / w.mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -182,8 +224,8 @@ def train_unet(latents: tuple[torch.Tensor, torch.Tensor], examples: list, token
                 pe.lerp_(p, 1 - EMA)
         progress.log(step, loss=loss.item())
         if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
-            checkpoint(stage, step + 1, ema_unet, ema_text)
-    return ema_unet, ema_text, progress
+            checkpoint(stage, step + 1, ema_unet, text_encoder)
+    return ema_unet, text_encoder, progress
 
 
 @torch.no_grad()
@@ -215,11 +257,11 @@ README = """# Toy text-to-image model (diffusers format)
 
 A stock `StableDiffusionPipeline` trained on the toy world by
 `python -m pipelines.toyworld.train diffusion` (`pipelines/toyworld/train_diffusion.py`):
-CLIP tokenizer with a reduced BPE vocabulary ({vocab} tokens, context {context}), a 2-layer
-64-wide CLIPTextModel, an AutoencoderKL (32x32x3 <-> 16x16x4), a UNet2DConditionModel
-(32/64/64 channels at 16x16/8x8/4x4, cross-attention at 8x8 and 4x4), and a
-DPMSolverMultistepScheduler. No safety checker or
-feature extractor.
+CLIP tokenizer with a reduced BPE vocabulary ({vocab} tokens, context {context}), a
+CLIPTextModel that is the toy CLIP's text tower (3 layers, 128 wide; frozen in training, as in
+Stable Diffusion), an AutoencoderKL (32x32x3 <-> 16x16x4), a UNet2DConditionModel (32/64/64
+channels at 16x16/8x8/4x4, cross-attention at 8x8 and 4x4, AdaGN scale-shift conditioning), and
+a DPMSolverMultistepScheduler. No safety checker or feature extractor.
 
 Load and call (offline):
 
@@ -256,6 +298,7 @@ def train(vae_steps: int = VAE_STEPS, reuse_vae: Path | None = None,
         vae, vae_progress = train_vae(images, gen, vae_steps)
         print(f"vae: judged shape of reconstructions {vae_judged_shape(vae):.3f}", flush=True)
     mean, std = encode_all(vae, images)
+    weights = latent_edge_weights(images)
     vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
     scale = vae.config.scaling_factor
     if resume is not None:
@@ -264,7 +307,7 @@ def train(vae_steps: int = VAE_STEPS, reuse_vae: Path | None = None,
         previous = json.loads((resume / "training_metrics.json").read_text())
         done = previous["stages"]
     else:
-        models, done = (build_unet(), build_text_encoder(tokenizer)), []
+        models, done = (build_unet(), clip_text_encoder(tokenizer)), []
     stages = list(done[:first_stage])
     curves: dict[str, list[float]] = {}
     checkpoint_dir = os.environ.get("TOY_DIFFUSION_CHECKPOINTS")
@@ -277,7 +320,7 @@ def train(vae_steps: int = VAE_STEPS, reuse_vae: Path | None = None,
         print(f"checkpoint {target}", flush=True)
 
     for stage in range(first_stage, len(UNET_STAGES)):
-        unet, text_encoder, progress = train_unet((mean * scale, std * scale), examples,
+        unet, text_encoder, progress = train_unet((mean * scale, std * scale), weights, examples,
                                                   tokenizer, models, stage,
                                                   checkpoint if checkpoint_dir else None)
         models = (unet, text_encoder)  # the next stage trains these EMA weights further
