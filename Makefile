@@ -42,8 +42,9 @@ BENCH_PY ?= python3
 bench-gpu:
 	$(BENCH_PY) -m benchmarks.bench_generation
 
-# The toy text-to-image model from scratch (~1 h on 2 cores). The toy CLIP and GAN only need
-# retraining when the world itself changes: toy-models-all trains all three (CLIP first).
+# The toy text-to-image model from scratch (~1 h on 2 cores; its frozen text encoder is the committed
+# toy CLIP's text tower). The toy CLIP and GAN only need retraining when the world itself changes:
+# toy-models-all trains all three (CLIP first).
 toy-models: install
 	$(BIN)/python -m pipelines.toyworld.train diffusion
 

@@ -1,6 +1,7 @@
 """Entry point: `python -m pipelines.toyworld.train {diffusion,clip,gan,all}`.
 
-`all` trains CLIP first: the diffusion model reuses the tokenizer that CLIP's build writes.
+`all` trains CLIP first: the diffusion model reuses the tokenizer that CLIP's build writes, and its
+(frozen) text encoder is CLIP's text tower.
 """
 
 from __future__ import annotations
