@@ -84,7 +84,9 @@ def clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     """The toy CLIP's text tower as a stock CLIPTextModel (frozen, as Stable Diffusion keeps CLIP
     ViT-L's): its tokens already separate "circle" from "square" (97% zero-shot shape), where a text
     encoder trained from scratch with the UNet gave the UNet little reason to. The open_clip weights
-    map one to one (fused q/k/v split); outputs are identical to open_clip's `ln_final` tokens."""
+    map one to one (fused q/k/v split); outputs are identical to open_clip's `ln_final` tokens.
+    Written here because the installed transformers ships no open_clip -> CLIPTextModel converter
+    (only a repository script for OpenAI checkpoints)."""
     from pipelines.toyworld.models import load_clip
 
     clip = load_clip()[0]
