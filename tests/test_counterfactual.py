@@ -146,3 +146,19 @@ def test_outpainting_is_deterministic_for_a_seed_and_any_padding(tmp_path):
     assert a.shape == (40, 40, 3) and a.tobytes() == b.tobytes()
     assert np.array_equal(a[8:40, 4:36], normal) and np.array_equal(c[8:40, 4:36], normal)
     assert not np.array_equal(a, c)
+
+
+def test_the_edit_rate_measurement_reads_the_qc_column(tmp_path):
+    """`python -m pipelines.toyworld.measure_counterfactual` (the figures the job and README quote): its job
+    copy is the shipped job at the asked strength, and its rates count the judge's readings per direction."""
+    from pipelines.toyworld import measure_counterfactual as m
+
+    spec = load_job(m.job_copy(tmp_path, 2, 0.5))
+    assert spec.generator.strength == 0.5 and spec.curation.qc is not None
+    left_small = [("nodule", "present"), ("nodule_side", "left"), ("nodule_size", "small")]
+    rows = [{"prompt_id": "add-nodule-left", "qc_pred": left_small},
+            {"prompt_id": "add-nodule-left", "qc_pred": [("nodule", "present"), ("nodule_side", "right")]},
+            {"prompt_id": "remove-nodule-left", "qc_pred": [("nodule", "absent")]},
+            {"prompt_id": "remove-nodule-left", "qc_pred": None},
+            {"prompt_id": "outpaint-normal", "qc_pred": [("nodule", "absent")]}]
+    assert m.rates(rows) == {"added": 0.5, "added_large": 0.0, "removed": 0.5, "n_per_direction": 2}
