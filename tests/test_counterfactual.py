@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from PIL import Image
 
 from pipelines.config import GeneratorSpec, load_job
@@ -21,21 +20,16 @@ from pipelines.execution.runner import run
 from pipelines.generate.edits import named_region_mask
 from pipelines.toyworld import counterfactual as cf
 
-from .conftest import ROOT, resolve_job_clip
+from .conftest import ROOT
 
 TOY = ROOT / "pipelines" / "toyworld" / "assets"
 
 
 def _job(tmp: Path, num_images: int) -> Path:
-    spec = yaml.safe_load((ROOT / "jobs" / "counterfactual.yaml").read_text())
-    spec["manifest"]["path"] = str(cf.write(tmp / "inputs", num_images=num_images))  # absolute image paths
-    spec["generator"]["model"] = str(TOY / "diffusion")
-    resolve_job_clip(spec)
-    spec["output"]["url"] = str(tmp / "out")
-    spec["unit_size"] = 4
-    path = tmp / "counterfactual.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    """The shipped job, inputs rendered under ``tmp`` (absolute image paths), 4 samples a unit."""
+    from pipelines.toyworld.measure_counterfactual import job_copy
+
+    return job_copy(tmp, num_images, unit_size=4)
 
 
 def _published(out: Path) -> dict[str, tuple[np.ndarray, dict, bytes]]:
@@ -153,8 +147,8 @@ def test_the_edit_rate_measurement_reads_the_qc_column(tmp_path):
     copy is the shipped job at the asked strength, and its rates count the judge's readings per direction."""
     from pipelines.toyworld import measure_counterfactual as m
 
-    spec = load_job(m.job_copy(tmp_path, 2, 0.5))
-    assert spec.generator.strength == 0.5 and spec.curation.qc is not None
+    spec = load_job(m.job_copy(tmp_path, 2, 0.5, formats=["webdataset"]))
+    assert spec.generator.strength == 0.5 and spec.output.formats == ["webdataset"] and spec.curation.qc is not None
     left_small = [("nodule", "present"), ("nodule_side", "left"), ("nodule_size", "small")]
     rows = [{"prompt_id": "add-nodule-left", "qc_pred": left_small},
             {"prompt_id": "add-nodule-left", "qc_pred": [("nodule", "present"), ("nodule_side", "right")]},

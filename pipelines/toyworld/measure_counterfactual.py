@@ -23,15 +23,22 @@ ROOT = Path(__file__).resolve().parents[2]
 JOB = ROOT / "jobs" / "counterfactual.yaml"
 
 
-def job_copy(folder: Path, images: int, strength: float) -> Path:
-    """The shipped job with absolute paths, its inputs rendered into ``folder`` and the given strength."""
+def job_copy(folder: Path, images: int, strength: float | None = None, formats: list[str] | None = None,
+             unit_size: int | None = None) -> Path:
+    """The shipped job with absolute paths and its inputs rendered into ``folder``; ``strength``,
+    ``formats`` and ``unit_size`` replace the job's where given (the end-to-end test uses it too)."""
     spec = yaml.safe_load(JOB.read_text())
     spec["manifest"]["path"] = str(cf.write(folder / "inputs", num_images=images))
     spec["generator"]["model"] = str((JOB.parent / spec["generator"]["model"]).resolve())
-    spec["generator"]["strength"] = strength
     for k in ("pretrained", "model_config_file", "tokenizer"):
         spec["clip"][k] = str((JOB.parent / spec["clip"][k]).resolve())
-    spec["output"] = {**spec["output"], "url": str(folder / "out"), "formats": ["webdataset"]}
+    spec["output"]["url"] = str(folder / "out")
+    if strength is not None:
+        spec["generator"]["strength"] = strength
+    if formats is not None:
+        spec["output"]["formats"] = formats
+    if unit_size is not None:
+        spec["unit_size"] = unit_size
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -60,7 +67,7 @@ def measure(images: int, strengths: list[float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for s in strengths:
         with tempfile.TemporaryDirectory() as tmp:
-            run(load_job(job_copy(Path(tmp), images, s)), quiet=True, overwrite=True)
+            run(load_job(job_copy(Path(tmp), images, s, formats=["webdataset"])), quiet=True, overwrite=True)
             root = str(Path(tmp) / "out")
             index = json.loads((Path(root) / "index.json").read_text())
             table = read_table(fsspec.filesystem("file"), root, index, DECISIONS, ["prompt_id", "qc_pred"])
