@@ -58,19 +58,18 @@ def rates(decisions: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(images: int, strengths: list[float]) -> dict[str, Any]:
-    import fsspec
-
     from pipelines.config import load_job
     from pipelines.contracts.decisions import DECISIONS, read_table
     from pipelines.execution.runner import run
+    from pipelines.io.store import Store
+    from pipelines.publish.shards import read_index
 
     out: dict[str, Any] = {}
     for s in strengths:
         with tempfile.TemporaryDirectory() as tmp:
             run(load_job(job_copy(Path(tmp), images, s, formats=["webdataset"])), quiet=True, overwrite=True)
-            root = str(Path(tmp) / "out")
-            index = json.loads((Path(root) / "index.json").read_text())
-            table = read_table(fsspec.filesystem("file"), root, index, DECISIONS, ["prompt_id", "qc_pred"])
+            store = Store(str(Path(tmp) / "out"))
+            table = read_table(store.fs, store.root, read_index(store) or {}, DECISIONS, ["prompt_id", "qc_pred"])
             out[f"{s:g}"] = rates(table.to_pylist())
         print(f"strength {s:g}: {json.dumps(out[f'{s:g}'])}", flush=True)
     return out
