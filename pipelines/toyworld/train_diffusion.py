@@ -245,8 +245,15 @@ def vae_judged_shape(vae: AutoencoderKL, n: int = 300) -> float:
 
 def assemble(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
              unet: UNet2DConditionModel) -> StableDiffusionPipeline:
-    """The stock pipeline with a DPM-Solver++ scheduler and no safety checker."""
-    scheduler = DPMSolverMultistepScheduler(**SCHEDULE, algorithm_type="dpmsolver++",
+    """The stock pipeline with an SDE DPM-Solver++ scheduler and no safety checker.
+
+    SDE rather than the deterministic solver: on prompts that leave position open (the demo's
+    "a red circle"), the first step's x0-estimate is the mean over positions, and the deterministic
+    solver sometimes never breaks that symmetry and draws the shape twice. The seeded noise
+    each SDE step adds does (48 seeds x 8 demo prompts: 95% fully right, worst prompt 85%, against
+    89% / 79%; held-out figures equal or better). Still reproducible: the noise comes from each
+    sample's own generator."""
+    scheduler = DPMSolverMultistepScheduler(**SCHEDULE, algorithm_type="sde-dpmsolver++",
                                             solver_order=2, timestep_spacing="trailing",
                                             steps_offset=1)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -263,7 +270,7 @@ CLIP tokenizer with a reduced BPE vocabulary ({vocab} tokens, context {context})
 CLIPTextModel that is the toy CLIP's text tower (3 layers, 128 wide; frozen in training, as in
 Stable Diffusion), an AutoencoderKL (32x32x3 <-> 16x16x4), a UNet2DConditionModel (32/64/64
 channels at 16x16/8x8/4x4, cross-attention at 8x8 and 4x4, AdaGN scale-shift conditioning), and
-a DPMSolverMultistepScheduler. No safety checker or feature extractor.
+a DPMSolverMultistepScheduler (SDE DPM-Solver++). No safety checker or feature extractor.
 
 Load and call (offline):
 
