@@ -19,7 +19,7 @@ _TEMPLATE = """# {{ job.name }}
 | samples rejected | {{ counts.rejected }} |
 | shards | {{ counts.shards }} |
 | job fingerprint | `{{ job.fingerprint }}` |
-| generator | `{{ gen.model }}` ({{ gen.pipeline_class }}, {{ gen.scheduler }}, weights sha256 `{{ gen.weights_sha256 }}`) |
+| generator | `{{ gen.model }}` ({{ gen.pipeline_class }}, {{ gen.scheduler }}{% if gen.get('scheduler_config_sha256') %} (config sha256 `{{ gen.scheduler_config_sha256[:16] }}…`){% endif %}, weights sha256 `{{ gen.weights_sha256 }}`) |
 | CLIP | `{{ clip.model }}` (weights sha256 `{{ clip.weights_sha256 }}`) |
 | code version | `{{ code_version }}` |
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -93,6 +94,15 @@ def weights_sha256(model: str | None, revision: str | None = None) -> str | None
     for name, digest in files:
         h.update(f"{name}\0{digest}\n".encode())
     return h.hexdigest()
+
+
+def config_sha256(config: Any) -> str:
+    """Digest of a component's class and config (a diffusers scheduler's, say), without diffusers'
+    bookkeeping keys ("_diffusers_version", ...). The weights digest does not cover the sampler, yet
+    DPM-Solver++ and its SDE variant share a class and draw different images; and a scheduler
+    swapped in with `from_config` keeps its predecessor's config keys, so the class must count."""
+    items = {k: v for k, v in dict(config).items() if not k.startswith("_") or k == "_class_name"}
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def library_versions() -> dict[str, str]:
