@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.curation.groups import NO_GROUP, group_keys  # noqa: F401 - the one group key, re-exported
 from pipelines.curation.rowwise import rowdot
 from pipelines.curation.safety import prompt_embedding, softmax
 from pipelines.curation.stats import UNIFORMITY_ALPHA, share_intervals, uniformity_test

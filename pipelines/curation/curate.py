@@ -34,6 +34,7 @@ from pipelines.curation import references as refsets
 from pipelines.curation import safety
 from pipelines.curation import qc
 from pipelines.curation.context import Context
+from pipelines.curation.groups import group_keys
 
 STAGES = ("prior_dedup", "reference", "safety", "clip_score", "qc", "exact_dedup", "perceptual_dedup",
           "semantic_dedup", "rebalance", "quota")
@@ -124,7 +125,7 @@ def score(st: State, cur: Any, ctx: Context, light: pa.Table, emb: np.ndarray, s
     probs = bias.zero_shot(emb, ctx.vocab, cur.bias.logit_scale or ctx.logit_scale)
     labels = {a: p.argmax(axis=1) for a, p in probs.items()}
     values = {a: v for a, (v, _) in ctx.vocab.items()}
-    groups = bias.group_keys([dict(m or []) for m in light.column("attributes").to_pylist()], cur.bias.group_by)
+    groups = group_keys([dict(m or []) for m in light.column("attributes").to_pylist()], cur.bias.group_by)
     st.col("attr_probs", [[(f"{a}={v}", float(probs[a][k, i])) for a in probs for i, v in enumerate(values[a])]
                           for k in range(st.n)])
     st.col("attr_labels", [[(a, values[a][int(labels[a][k])]) for a in labels] for k in range(st.n)])
