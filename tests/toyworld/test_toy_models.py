@@ -122,12 +122,12 @@ def test_diffusion_follows_prompts(diffusion) -> None:
 
 # Bars a little under the figures REPORT.md measured on the full held-out set (a subset of it is
 # judged here, so the bars leave room for sampling noise, not for a worse model). They are the
-# committed v3 weights' figures: colour 99.8%, shape 98.0% (every held-out shape/colour pair
-# >= 87%), position, count, nodule and side 100%.
-DIFFUSION_BARS = {("shapes", "colour"): 0.97, ("shapes", "shape"): 0.93, ("shapes", "position"): 0.97,
+# committed v3.1 weights' figures: colour 99.0%, shape 99.25% (every held-out shape/colour pair
+# >= 91%), position, count, nodule and side 100%; on this subset colour 98%, shape 99%.
+DIFFUSION_BARS = {("shapes", "colour"): 0.97, ("shapes", "shape"): 0.95, ("shapes", "position"): 0.97,
                   ("shapes", "count"): 0.97, ("phantom", "nodule"): 0.95,
                   ("phantom", "nodule_side"): 0.95}
-MAX_SEED_DUPLICATES = 0.1  # measured: 4.2% (REPORT.md, 16 seeds of 12 prompts; the world's own: 2.1%)
+MAX_SEED_DUPLICATES = 0.1  # measured: 7.3% (REPORT.md, 16 seeds of 12 prompts; the world's own: 2.1%)
 
 
 def test_diffusion_meets_its_bars_on_held_out_prompts(diffusion) -> None:
