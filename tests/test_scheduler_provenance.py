@@ -41,3 +41,29 @@ def test_scheduler_swap_changes_the_recorded_config_digest_not_the_weights(tiny_
     record = build_record(row, stock.info, clip, job, "u0", {"file": "x.parquet", "row": 0}, {"kept": True})
     assert record["generator"]["scheduler_config_sha256"] == stock.info["scheduler_config_sha256"]
     validator(SAMPLE_RECORD).validate(record)
+
+
+def test_staging_key_follows_the_model_folders_config_files(tiny_models: Path, tmp_path: Path) -> None:
+    """A sampler setting lives in scheduler_config.json, not in a weight file: editing it must
+    change the staging fingerprint, or a resumed job would mix images from two samplers."""
+    import json
+    import shutil
+
+    from pipelines.config import load_job
+    from pipelines.execution.runner import fingerprint
+    from pipelines.publish.provenance import weights_sha256
+
+    from .conftest import job_dict, write_job
+
+    model = tmp_path / "diffusion"
+    shutil.copytree(tiny_models / "diffusion", model)
+    spec = load_job(write_job(tmp_path / "job.yaml", job_dict(tiny_models, str(tmp_path / "out"),
+                                                              generator={"model": str(model)})))
+    before, weights = fingerprint(spec, "m"), weights_sha256(str(model))
+    assert fingerprint(spec, "m") == before  # stable
+    cfg_path = model / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["timestep_spacing"] = "trailing" if cfg.get("timestep_spacing") != "trailing" else "leading"
+    cfg_path.write_text(json.dumps(cfg))
+    assert weights_sha256(str(model)) == weights
+    assert fingerprint(spec, "m") != before

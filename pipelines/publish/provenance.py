@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx")
+CONFIG_SUFFIXES = (".json", ".txt")
 LIBRARIES = ("synthgen", "torch", "diffusers", "transformers", "open_clip_torch", "ray", "pyarrow", "numpy",
              "pillow", "webdataset", "fsspec", "s3fs")
 _SECRET_HINTS = ("key", "secret", "token", "password", "credential", "session")
@@ -81,6 +82,21 @@ def weight_files(model: str, revision: str | None = None) -> tuple[tuple[str, st
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
         return tuple((str(f.relative_to(p)), file_sha256(f)) for f in files)
     return ()
+
+
+def configs_sha256(model: str | None, revision: str | None = None) -> str | None:
+    """One digest over a model folder's config files (scheduler, model index, tokenizer: .json and
+    .txt), or of one config file; None when not here. They change the images without touching a
+    weight file (a sampler setting), so the staging key must see them."""
+    p = _local_path(model, revision) if model else None
+    if p is not None and p.is_file() and p.suffix in CONFIG_SUFFIXES:
+        return file_sha256(p)
+    if p is None or not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in CONFIG_SUFFIXES):
+        h.update(f"{f.relative_to(p)}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
 
 
 def weights_sha256(model: str | None, revision: str | None = None) -> str | None:
