@@ -84,32 +84,33 @@ def weight_files(model: str, revision: str | None = None) -> tuple[tuple[str, st
     return ()
 
 
-def configs_sha256(model: str | None, revision: str | None = None) -> str | None:
-    """One digest over a model folder's config files (scheduler, model index, tokenizer: .json and
-    .txt), or of one config file; None when not here. They change the images without touching a
-    weight file (a sampler setting), so the staging key must see them."""
-    p = _local_path(model, revision) if model else None
-    if p is not None and p.is_file() and p.suffix in CONFIG_SUFFIXES:
-        return file_sha256(p)
-    if p is None or not p.is_dir():
-        return None
-    h = hashlib.sha256()
-    for f in sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in CONFIG_SUFFIXES):
-        h.update(f"{f.relative_to(p)}\0{file_sha256(f)}\n".encode())
-    return h.hexdigest()
-
-
-def weights_sha256(model: str | None, revision: str | None = None) -> str | None:
-    """One digest over all weight files (names and contents); None when the weights are not here."""
-    if not model:
-        return None
-    files = weight_files(model, revision)
+def _digest(files: tuple[tuple[str, str], ...]) -> str | None:
+    """One sha256 over (relative path, file sha256) pairs; None for none."""
     if not files:
         return None
     h = hashlib.sha256()
     for name, digest in files:
         h.update(f"{name}\0{digest}\n".encode())
     return h.hexdigest()
+
+
+def configs_sha256(model: str | None, revision: str | None = None) -> str | None:
+    """One digest over a model folder's config files (scheduler, model index, tokenizer: .json and
+    .txt), or of one config file; None when not here. They change the images without touching a
+    weight file (a sampler setting), so the staging key must see them. Not cached, unlike
+    `weight_files`: a config is edited in place more often than a weight file."""
+    p = _local_path(model, revision) if model else None
+    if p is not None and p.is_file() and p.suffix in CONFIG_SUFFIXES:
+        return file_sha256(p)
+    if p is None or not p.is_dir():
+        return None
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in CONFIG_SUFFIXES)
+    return _digest(tuple((str(f.relative_to(p)), file_sha256(f)) for f in files))
+
+
+def weights_sha256(model: str | None, revision: str | None = None) -> str | None:
+    """One digest over all weight files (names and contents); None when the weights are not here."""
+    return _digest(weight_files(model, revision)) if model else None
 
 
 def config_sha256(config: Any) -> str:
