@@ -12,14 +12,15 @@ from pipelines.contracts.record import build_record
 from pipelines.contracts.schemas import SAMPLE_RECORD, validator
 from pipelines.generate.backends.diffusion import DiffusionBackend
 from pipelines.plan.samples import Sample
-from pipelines.publish.provenance import config_sha256
+from pipelines.publish.provenance import component_config_sha256
 
 
 def test_config_digest_covers_class_and_settings_not_bookkeeping() -> None:
     base = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-    assert config_sha256(base | {"_diffusers_version": "0.1", "_use_default_values": ["x"]}) == config_sha256(base)
-    assert config_sha256(base | {"algorithm_type": "sde-dpmsolver++"}) != config_sha256(base)
-    assert config_sha256(base | {"_class_name": "A"}) != config_sha256(base | {"_class_name": "B"})
+    digest = component_config_sha256
+    assert digest(base | {"_diffusers_version": "0.1", "_use_default_values": ["x"]}) == digest(base)
+    assert digest(base | {"algorithm_type": "sde-dpmsolver++"}) != digest(base)
+    assert digest(base | {"_class_name": "A"}) != digest(base | {"_class_name": "B"})
 
 
 def test_scheduler_swap_changes_the_recorded_config_digest_not_the_weights(tiny_models: Path) -> None:
@@ -28,7 +29,7 @@ def test_scheduler_swap_changes_the_recorded_config_digest_not_the_weights(tiny_
     swapped = DiffusionBackend(GeneratorSpec(model=model, scheduler="EulerAncestralDiscreteScheduler"))
     assert stock.info["weights_sha256"] == swapped.info["weights_sha256"]
     assert stock.info["scheduler_config_sha256"] != swapped.info["scheduler_config_sha256"]
-    assert stock.info["scheduler_config_sha256"] == config_sha256(stock.pipe.scheduler.config)
+    assert stock.info["scheduler_config_sha256"] == component_config_sha256(stock.pipe.scheduler.config)
     sample = Sample("s_00000", "s", 0, "a red circle", None, 3, 2, 3.0, 32, 32, {}, None, None)
     (a,), (b,) = stock.generate([sample]), swapped.generate([sample])
     assert not np.array_equal(a, b)  # the digest tracks something that changes the pixels

@@ -24,7 +24,7 @@ from pipelines.plan import screen
 from pipelines.config import JobSpec
 from pipelines.errors import SpecError
 from pipelines.io.lease import Lease
-from pipelines.publish.provenance import configs_sha256, weights_sha256
+from pipelines.publish.provenance import model_configs_sha256, weights_sha256
 from pipelines.publish.job import publish_dataset
 from pipelines.contracts.decisions import parquet_bytes
 from pipelines.contracts.unit import Staging
@@ -48,10 +48,10 @@ def fingerprint(spec: JobSpec, manifest_hash: str) -> str:
         "manifest": manifest_hash,
         "generator": written["generator"],
         "generator_weights": weights_sha256(g.model, g.revision),
-        "generator_configs": configs_sha256(g.model, g.revision),  # e.g. the sampler's settings
+        "generator_configs": model_configs_sha256(g.model, g.revision),  # e.g. the sampler's settings
         "clip": {k: v for k, v in written["clip"].items() if k != "batch_size"},
         "clip_weights": weights_sha256(c.pretrained),
-        "clip_configs": [configs_sha256(c.tokenizer), configs_sha256(c.model_config_file)],
+        "clip_configs": [model_configs_sha256(c.tokenizer), model_configs_sha256(c.model_config_file)],
         "unit_size": spec.unit_size,
         "torch_threads": spec.resources.generate.torch_threads,
         "screen": {**screen.fingerprint(spec.screen), "spec": written["screen"]},  # settings and rule content

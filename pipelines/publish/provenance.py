@@ -94,7 +94,7 @@ def _digest(files: tuple[tuple[str, str], ...]) -> str | None:
     return h.hexdigest()
 
 
-def configs_sha256(model: str | None, revision: str | None = None) -> str | None:
+def model_configs_sha256(model: str | None, revision: str | None = None) -> str | None:
     """One digest over a model folder's config files (scheduler, model index, tokenizer: .json and
     .txt), or of one config file; None when not here. They change the images without touching a
     weight file (a sampler setting), so the staging key must see them. Not cached, unlike
@@ -113,7 +113,7 @@ def weights_sha256(model: str | None, revision: str | None = None) -> str | None
     return _digest(weight_files(model, revision)) if model else None
 
 
-def config_sha256(config: Any) -> str:
+def component_config_sha256(config: Any) -> str:
     """Digest of a component's class and config (a diffusers scheduler's, say), without diffusers'
     bookkeeping keys ("_diffusers_version", ...). The weights digest does not cover the sampler, yet
     DPM-Solver++ and its SDE variant share a class and draw different images; and a scheduler

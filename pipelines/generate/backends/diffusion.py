@@ -9,7 +9,7 @@ import torch
 
 from pipelines.config import GeneratorSpec
 from pipelines.generate.backends import SampleInputError
-from pipelines.publish.provenance import config_sha256, weights_sha256
+from pipelines.publish.provenance import component_config_sha256, weights_sha256
 
 if TYPE_CHECKING:  # typing only: the generation stage imports without pyarrow (GPU benchmark hosts)
     from PIL import Image
@@ -61,7 +61,7 @@ class DiffusionBackend:
             "weights_sha256": weights_sha256(spec.model, spec.revision),
             "pipeline_class": type(pipe).__name__,
             "scheduler": type(pipe.scheduler).__name__,
-            "scheduler_config_sha256": config_sha256(pipe.scheduler.config),
+            "scheduler_config_sha256": component_config_sha256(pipe.scheduler.config),
             "dtype": spec.dtype,
             "device_type": torch.device(spec.device).type,
             "variant": spec.variant,
