@@ -9,7 +9,10 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install demo test bench bench-gpu toy-models toy-models-all tiny-models browser clean
 
+# A new venv takes about 7 GiB (torch from local disk is a CUDA build): say so before pip fails half-way.
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || [ $$(df -Pk . | awk 'NR==2 {print $$4}') -ge 7340032 ] || \
+	  { echo "install: under 7 GiB free here; the venv needs about 7 GiB (torch and its CUDA libraries)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

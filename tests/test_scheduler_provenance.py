@@ -3,6 +3,8 @@ scheduler settings draw different images, so their records must differ too."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +49,6 @@ def test_scheduler_swap_changes_the_recorded_config_digest_not_the_weights(tiny_
 def test_staging_key_follows_the_model_folders_config_files(tiny_models: Path, tmp_path: Path) -> None:
     """A sampler setting lives in scheduler_config.json, not in a weight file: editing it must
     change the staging fingerprint, or a resumed job would mix images from two samplers."""
-    import json
-    import shutil
-
     from pipelines.config import load_job
     from pipelines.execution.runner import fingerprint
     from pipelines.publish.provenance import weights_sha256
